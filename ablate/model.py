@@ -1,0 +1,92 @@
+"""The model, assembled from registered components the way the lecture draws it:
+
+    tokens -> embed (+ positions) -> N x block(attention, feed-forward) -> final norm -> head -> logits
+
+Every choice comes from the config by name through the registry; nothing here branches on an
+option's name. `Transformer(cfg, vocab_size)` takes the composed Hydra config (see conf/).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from components.attention import SelfAttention
+from components.ffn import hidden_size
+from components.registry import build, lookup
+
+
+def knobs(group: DictConfig) -> dict[str, Any]:
+    """An option's own settings: its config group without the `name` key."""
+    return {key: value for key, value in group.items() if key != "name"}
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: DictConfig, vocab_size: int):
+        super().__init__()
+        m = cfg.model
+        self.cfg, self.vocab_size = cfg, vocab_size
+        n_kv_heads = m.n_kv_heads or m.n_heads
+        head_dim = m.d_model // m.n_heads
+        self.d_ff = hidden_size(m.d_model, cfg.ffn.d_ff_ratio, cfg.ffn.multiple_of)
+
+        make_norm = partial(build, "norm", cfg.norm.name, dim=m.d_model, bias=m.bias, **knobs(cfg.norm))
+        placement = partial(build, "norm_pos", cfg.norm_pos.name, make_norm=make_norm)
+
+        def block() -> nn.Module:
+            attention = SelfAttention(m.d_model, m.n_heads, n_kv_heads, kernel=cfg.attn.name,
+                                      bias=m.bias, dropout=m.dropout, **knobs(cfg.attn))
+            feedforward = build("ffn", cfg.ffn.name, d_model=m.d_model, d_ff=self.d_ff,
+                                bias=m.bias, dropout=m.dropout)
+            return build("block", cfg.block.name, attention=attention, feedforward=feedforward,
+                         placement=lambda n_branches: placement(n_branches=n_branches))
+
+        self.embed = nn.Embedding(vocab_size, m.d_model)
+        self.pos = build("pos", cfg.pos.name, d_model=m.d_model, head_dim=head_dim,
+                         context_length=m.context_length, init_std=m.init_std, **knobs(cfg.pos))
+        self.dropout = nn.Dropout(m.dropout)
+        self.blocks = nn.ModuleList(block() for _ in range(m.n_layers))
+        needs_final_norm = lookup("norm_pos", cfg.norm_pos.name).final_norm
+        self.final_norm = make_norm() if needs_final_norm else nn.Identity()
+        self.head = nn.Linear(m.d_model, vocab_size, bias=False)
+        if m.tie_embeddings:
+            self.head.weight = self.embed.weight  # one matrix reads and writes tokens (Press & Wolf 2017)
+        self.reset_parameters(m.init_std, m.n_layers)
+
+    def reset_parameters(self, std: float, n_layers: int) -> None:
+        """N(0, std) weights, zero biases; residual output projections scaled by 1/sqrt(2 L) (GPT-2)."""
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scale = (2 * n_layers) ** -0.5 if name.endswith((".out", ".down")) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (batch, time) -> next-token logits (batch, time, vocab)."""
+        x = self.dropout(self.pos.embed(self.embed(idx)))
+        for block in self.blocks:
+            x = block(x, self.pos)
+        return self.head(self.final_norm(x))
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample continuations with temperature and nucleus (top-p) sampling (Holtzman et al. 2020)."""
+        context = self.cfg.model.context_length
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -context:])[:, -1, :].float()
+            if temperature <= 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
+                outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+                sorted_probs[outside] = 0.0
+                choice = torch.multinomial(sorted_probs, 1, generator=generator)
+                next_id = order.gather(-1, choice)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx

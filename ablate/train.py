@@ -1,0 +1,269 @@
+"""The training loop: batch to device, zero grads, forward, loss, backward, step; then the run's files.
+
+`train(cfg, run_dir)` is all of it and returns the summary it also writes to summary.json.
+Files in run_dir: metrics.jsonl (one line per logged step, flushed as written), summary.json,
+checkpoints/latest.pt (resumable), samples.txt.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ablate import accounting, validate
+from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
+from ablate.model import Transformer, knobs
+from components.registry import build
+
+EVAL_SEED = 1234  # validation windows depend only on this, so every run of a sweep sees the same ones
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on CPU (see README for the measured trade-off)."""
+    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def make_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only; norms' gains and biases are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                             fused=device.type == "cuda")
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+class Run:
+    """State of one training run; `train` drives it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, corpus: TokenizedCorpus, device: torch.device):
+        self.cfg, self.run_dir, self.corpus, self.device = cfg, run_dir, corpus, device
+        self.model = Transformer(cfg, corpus.tokenizer.vocab_size).to(device)
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.schedule = build("schedule", cfg.schedule.name, max_steps=cfg.train.max_steps, **knobs(cfg.schedule))
+        self.rng = np.random.default_rng(cfg.train.seed)
+        self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
+        self.checkpoint_path = run_dir / "checkpoints" / "latest.pt"
+        amp = autocast_dtype(cfg.train.dtype, device)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
+        starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,
+                                      cfg.model.context_length, np.random.default_rng(EVAL_SEED))
+        self.eval_starts = np.array_split(starts, cfg.train.eval_batches)
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        return tensor.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else tensor
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over train.batch_size sequences in train.grad_accum micro-batches."""
+        cfg = self.cfg
+        micro = cfg.train.batch_size // cfg.train.grad_accum
+        lr = cfg.optim.lr * self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.train.grad_accum):
+            starts = self.corpus.random_starts("train", micro, cfg.model.context_length, self.rng)
+            x, y = (self.to_device(a) for a in self.corpus.windows("train", starts, cfg.model.context_length))
+            with self.autocast():
+                loss = lm_loss(self.model(x), y)
+            (loss / cfg.train.grad_accum).backward()
+            total += loss.item() / cfg.train.grad_accum
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        self.optimizer.step()
+        self.step += 1
+        self.tokens_seen += cfg.train.batch_size * cfg.model.context_length
+        return total, grad_norm
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows."""
+        self.model.eval()
+        losses = []
+        for starts in self.eval_starts:
+            x, y = (self.to_device(a) for a in self.corpus.windows("val", starts, self.cfg.model.context_length))
+            with self.autocast():
+                losses.append(lm_loss(self.model(x), y).item())
+        self.model.train()
+        return float(np.mean(losses))
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": getattr(self.model, "_orig_mod", self.model).state_dict(),  # unwrap torch.compile
+            "optimizer": self.optimizer.state_dict(), "step": self.step,
+            "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
+            "initial_loss": self.initial_loss, "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "vocab_size": self.corpus.tokenizer.vocab_size,
+        }
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.best_val_loss, self.initial_loss = state["best_val_loss"], state["initial_loss"]
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def sample(self) -> str:
+        cfg, tokenizer = self.cfg.train, self.corpus.tokenizer
+        prompt = tokenizer.encode(cfg.sample_prompt) or [tokenizer.eot_id]
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.model.eval()
+        with self.autocast():
+            ids = self.model.generate(torch.tensor([prompt], device=self.device), cfg.sample_tokens,
+                                      cfg.sample_temperature, cfg.sample_top_p, generator)
+        self.model.train()
+        return tokenizer.decode(ids[0].tolist())
+
+
+class MetricsFile:
+    """metrics.jsonl, appended and flushed line by line so a killed run keeps what it logged."""
+
+    def __init__(self, path: Path, truncate_after_step: int | None):
+        self.path = path
+        if truncate_after_step is not None and path.exists():  # resuming: drop lines past the checkpoint
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= truncate_after_step]
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+        self.handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
+
+
+def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = None,
+          overrides: list[str] | None = None, group: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one model as `cfg` says, writing the run's files into `run_dir`; returns the summary."""
+    validate.check(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+
+    started = time.perf_counter()
+    corpus = prepare(cfg)
+    data_prep_s = time.perf_counter() - started
+    corpus.tokenizer.save(run_dir / "tokenizer.json")  # the run dir is self-contained for load_run
+    run = Run(cfg, run_dir, corpus, device)
+    if cfg.train.resume == "auto" and run.checkpoint_path.exists():
+        run.load_checkpoint()
+        print(f"resumed from {run.checkpoint_path} at step {run.step}")
+    if cfg.train.compile:
+        run.model = torch.compile(run.model)
+    counts = accounting.count(cfg, corpus.tokenizer.vocab_size)
+    choices = dict(choices or {})
+    summary: dict[str, Any] = {
+        "status": "running", "error": None, "final_val_loss": None, "best_val_loss": None, "val_bpb": None,
+        "unigram_val_loss": corpus.meta["unigram_val_loss"], **counts,
+        "tokens_seen": run.tokens_seen, "steps": run.step, "wall_time_s": None, "tokens_per_s": None,
+        "seed": cfg.train.seed, "choices": choices, "overrides": list(overrides or []),
+        "device": str(device), "data_prep_s": round(data_prep_s, 3),
+        "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
+    }
+    logger = build("logger", cfg.logger.name, run_dir=run_dir, group=group or "single-runs",
+                   run_name=",".join(overrides or []) or "default",
+                   tags=[f"{k}={v}" for k, v in sorted(choices.items())],
+                   config=OmegaConf.to_container(cfg, resolve=True), **knobs(cfg.logger))
+    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=run.step)
+    val_loss = None
+    train_started, interval_started, interval_tokens = time.perf_counter(), time.perf_counter(), 0
+    bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not progress, mininterval=1.0,
+               dynamic_ncols=True, desc="train")
+    try:
+        while run.step < cfg.train.max_steps:
+            loss, grad_norm = run.train_step()
+            interval_tokens += cfg.train.batch_size * cfg.model.context_length
+            run.initial_loss = run.initial_loss or loss
+            diverged = not math.isfinite(loss) or loss > cfg.train.divergence_factor * run.initial_loss
+            last = run.step == cfg.train.max_steps
+            if run.step % cfg.train.log_interval == 0 or run.step % cfg.train.eval_interval == 0 or last or diverged:
+                now = time.perf_counter()
+                record = {"step": run.step, "tokens": run.tokens_seen, "train_loss": loss,
+                          "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                          "tokens_per_s": interval_tokens / max(now - interval_started, 1e-9),
+                          "elapsed_s": now - train_started}
+                interval_started, interval_tokens = now, 0
+                if (run.step % cfg.train.eval_interval == 0 or last) and not diverged:
+                    val_loss = run.evaluate()
+                    run.best_val_loss = min(run.best_val_loss, val_loss)
+                    record.update(val_loss=val_loss, val_bpb=corpus.bits_per_byte(val_loss))
+                    run.save_checkpoint()
+                metrics.write(record)
+                logger.log(record, step=run.step)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
+                                tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            bar.update(1)
+            if diverged:
+                summary.update(status="diverged", error=f"train loss {loss} at step {run.step} "
+                               f"(initial {run.initial_loss:.3f}, limit x{cfg.train.divergence_factor})")
+                break
+        else:
+            summary["status"] = "completed"
+            if val_loss is None:  # resumed a run that had already finished: report its loss again
+                val_loss = run.evaluate()
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="interrupted by the user")
+        raise
+    except Exception as error:
+        summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        bar.close()
+        metrics.close()
+        wall = time.perf_counter() - train_started
+        trained_tokens = run.tokens_seen - (summary["tokens_seen"] or 0)
+        summary.update(
+            final_val_loss=val_loss, best_val_loss=None if math.isinf(run.best_val_loss) else run.best_val_loss,
+            val_bpb=None if val_loss is None else corpus.bits_per_byte(val_loss),
+            tokens_seen=run.tokens_seen, steps=run.step, wall_time_s=round(wall, 3),
+            tokens_per_s=trained_tokens / wall if wall > 0 else None,
+        )
+        if summary["status"] == "completed":
+            sample = run.sample()
+            (run_dir / "samples.txt").write_text(sample + "\n", encoding="utf-8")
+            summary["sample"] = sample
+        write_summary(run_dir, summary)
+        logger.finish(summary)
+    return summary

@@ -1,0 +1,149 @@
+"""Aggregate per-run results into ranked per-option tables and a winner verdict."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+
+COMPLETED = "completed"
+DIVERGED = "diverged"
+# Options whose size/compute differ from the axis's smallest by more than this are flagged:
+# a lower loss may then come from a bigger model rather than the design choice.
+SIZE_TOLERANCE = 0.02
+NOISE_RULE = (
+    "the winner's margin counts as larger than seed noise when (mean_2nd - mean_1st) > "
+    "max(std_1st, std_2nd), with std over seeds (n>=2 each); otherwise 'within noise'; with "
+    "fewer than 2 seeds per option: 'no seed spread available'"
+)
+EXCEEDS, WITHIN, NO_SPREAD = "exceeds seed noise", "within noise", "no seed spread available"
+COST_COLUMNS = ["params_total", "params_non_embedding", "flops_per_token"]
+
+
+def choose_metric(df: pd.DataFrame) -> tuple[str, str]:
+    """(metric column, sentence explaining the choice). Lower is better for both metrics."""
+    tokenizers = df["choice.tokenizer"].dropna().unique() if "choice.tokenizer" in df else []
+    # Running runs only have the configured vocab size, which may differ from the trained one.
+    finished = df[df["status"] != "running"]
+    vocabs = finished["vocab_size"].dropna().unique() if "vocab_size" in df else []
+    if len(tokenizers) > 1 or len(vocabs) > 1:
+        what = ", ".join(map(str, tokenizers)) if len(tokenizers) > 1 else (
+            "vocab sizes " + ", ".join(str(int(v)) for v in sorted(vocabs)))
+        return "val_bpb", (
+            f"Metric: `val_bpb` (validation bits per byte), because runs use different "
+            f"tokenizers ({what}): loss per token is not comparable across tokenizers, "
+            f"bits per byte is. Lower is better.")
+    return "final_val_loss", (
+        "Metric: `final_val_loss` (validation loss in nats per token at the end of training). "
+        "Lower is better.")
+
+
+def usable(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Runs that enter the means: completed and with a recorded metric."""
+    return (df["status"] == COMPLETED) & df[metric].notna()
+
+
+def _pooled_seed_std(values: pd.Series, groups: list[pd.Series] | None) -> float:
+    """Std over seeds: pooled within-configuration std, so that variation caused by the other
+    swept axes is not mistaken for seed noise. NaN if no configuration has >= 2 seeds."""
+    if not groups:
+        return float(values.std(ddof=1)) if len(values) >= 2 else math.nan
+    num = den = 0.0
+    for _, g in values.groupby(groups, dropna=False):
+        if len(g) >= 2:
+            num += (len(g) - 1) * float(g.var(ddof=1))
+            den += len(g) - 1
+    return math.sqrt(num / den) if den else math.nan
+
+
+def _status_note(statuses: pd.Series, metric_missing: int) -> str:
+    counts = statuses[statuses != COMPLETED].value_counts()
+    parts = [f"{n} {s}" for s, n in counts.items()]
+    if metric_missing:
+        parts.append(f"{metric_missing} without metric")
+    return ", ".join(parts)
+
+
+def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[str]) -> pd.DataFrame:
+    """One row per value of `by` (an axis, or all axes = a configuration), ranked best first.
+
+    `seed_groups`: the other axes, whose values are held fixed when measuring seed spread.
+    """
+    ok = usable(df, metric)
+    rows = []
+    for key, g in df.groupby(by, dropna=False, sort=False):
+        good = g[ok.loc[g.index]]
+        vals = good[metric]
+        row = {"option": key if len(by) > 1 else key[0] if isinstance(key, tuple) else key}
+        row.update(
+            n=len(vals), n_runs=len(g),
+            n_diverged=int((g["status"] == DIVERGED).sum()),
+            other=_status_note(g["status"], int((g["status"] == COMPLETED).sum()) - len(vals)),
+            mean=vals.mean() if len(vals) else math.nan,
+            std=float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan,
+            seed_std=_pooled_seed_std(vals, [good[c].astype("string") for c in seed_groups]),
+            min=vals.min() if len(vals) else math.nan,
+            max=vals.max() if len(vals) else math.nan,
+            tokens_per_s=good["tokens_per_s"].mean() if len(good) else math.nan,
+        )
+        # Size and compute are properties of the config, so any run that reports them counts.
+        for col in COST_COLUMNS:
+            row[col] = g[col].mean() if col in g else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # Diverged runs count as losses, not as missing values: an option that diverged at all
+    # ranks below every option that did not; options with no completed run come last.
+    table["_key1"] = table["n"] == 0
+    table["_key2"] = table["n_diverged"] > 0
+    table = table.sort_values(["_key1", "_key2", "mean"], na_position="last", kind="stable")
+    table = table.drop(columns=["_key1", "_key2"]).reset_index(drop=True)
+    for col in ("params_total", "flops_per_token"):
+        smallest = table[col].min()
+        table[f"flag_{col}"] = (table[col] - smallest) / smallest > SIZE_TOLERANCE if smallest > 0 \
+            else False
+    return table
+
+
+def axis_table(df: pd.DataFrame, axis: str, axes: list[str], metric: str) -> pd.DataFrame:
+    return aggregate(df, [axis], metric, [a for a in axes if a != axis])
+
+
+def config_table(df: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFrame:
+    return aggregate(df, axes, metric, [])
+
+
+@dataclass
+class Verdict:
+    winner: str | None
+    runner_up: str | None
+    margin: float
+    threshold: float
+    verdict: str  # EXCEEDS, WITHIN, NO_SPREAD, or an explanation when there is no comparison
+    note: str = ""
+
+
+def decide(table: pd.DataFrame, label: Callable[[Any], str] = str) -> Verdict:
+    """Winner of a ranked table and whether its margin over the runner-up beats seed noise.
+
+    `label` names an option (a configuration table's options are tuples)."""
+    ranked = table[table["n"] > 0]
+    if ranked.empty:
+        return Verdict(None, None, math.nan, math.nan, "no completed runs")
+    first = ranked.iloc[0]
+    if len(ranked) == 1:
+        return Verdict(label(first["option"]), None, math.nan, math.nan,
+                       "no runner-up with completed runs")
+    second = ranked.iloc[1]
+    margin = float(second["mean"] - first["mean"])
+    threshold = max(first["seed_std"], second["seed_std"])
+    note = ""
+    if margin < 0:  # only a divergence can rank a lower mean second
+        note = (f"`{label(second['option'])}` has the lower mean over its completed runs but "
+                f"ranks below because {int(second['n_diverged'])} of its runs diverged")
+    if math.isnan(first["seed_std"]) or math.isnan(second["seed_std"]):
+        return Verdict(label(first["option"]), label(second["option"]), margin, math.nan, NO_SPREAD,
+                       note)
+    verdict = EXCEEDS if margin > threshold else WITHIN
+    return Verdict(label(first["option"]), label(second["option"]), margin, float(threshold),
+                   verdict, note)

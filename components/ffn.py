@@ -1,0 +1,79 @@
+"""Feed-forward networks (the `ffn` axis).
+
+Every option maps d_model -> d_ff -> d_model. Plain MLPs have two matrices, gated (GLU) ones
+three, so GLU options default to d_ff = 8/3 d_model to keep parameters equal to a 4x MLP
+(Shazeer 2020). `hidden_size` turns `ffn.d_ff_ratio` into d_ff.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.registry import register
+
+
+def hidden_size(d_model: int, d_ff_ratio: float, multiple_of: int) -> int:
+    """d_ff = d_ff_ratio * d_model rounded to the nearest multiple of `multiple_of` (at least one)."""
+    return max(multiple_of, multiple_of * round(d_ff_ratio * d_model / multiple_of))
+
+
+class FeedForward(nn.Module):
+    n_matrices = 2  # d_model x d_ff matrices: parameters and FLOPs scale with this
+
+    @classmethod
+    def n_params(cls, d_model: int, d_ff: int, bias: bool = False) -> int:
+        return cls.n_matrices * d_model * d_ff + (((cls.n_matrices - 1) * d_ff + d_model) if bias else 0)
+
+
+class MLP(FeedForward):
+    """act(x W1) W2."""
+
+    activation = staticmethod(F.gelu)
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(self.activation(self.up(x))))
+
+
+class GatedMLP(FeedForward):
+    """(act(x W) * x V) W2 (Dauphin et al. 2017; Shazeer 2020). W and V are one fused matrix."""
+
+    activation = staticmethod(F.silu)
+    n_matrices = 3
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.dropout(self.down(self.activation(gate) * up))
+
+
+@register("ffn", "gelu")
+class GELUMLP(MLP):
+    """GPT-2's MLP (tanh-free exact GELU, Hendrycks & Gimpel 2016)."""
+
+    activation = staticmethod(F.gelu)
+
+
+@register("ffn", "relu")
+class ReLUMLP(MLP):
+    """The original Transformer's MLP (Vaswani et al. 2017)."""
+
+    activation = staticmethod(F.relu)
+
+
+@register("ffn", "swiglu")
+class SwiGLU(GatedMLP):
+    """SiLU-gated linear unit (Shazeer 2020), as in LLaMA and PaLM."""
+
+    activation = staticmethod(F.silu)

@@ -1,0 +1,124 @@
+"""Position information (the `pos` axis).
+
+A position option can act at two places, and each class overrides only the hook it needs:
+- `embed(x)`: added to the token embeddings at the bottom (sinusoidal, learned);
+- `rotate(q, k)`: applied to queries and keys inside every attention layer (RoPE).
+The model holds one instance and hands it to every attention layer, so tables are built once.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from components.registry import register
+
+
+class PositionEncoding(nn.Module):
+    """No-op hooks; options override the ones they use."""
+
+    max_length: int | None = None  # longest sequence the option can encode; None = unbounded
+
+    def __init__(self):  # an explicit signature: the registry passes only the keywords named here
+        super().__init__()
+
+    @staticmethod
+    def n_params(d_model: int, context_length: int) -> int:
+        """Trainable parameters, in closed form (for the accounting in ablate.accounting)."""
+        return 0
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+
+@register("pos", "nope")
+class NoPositionEncoding(PositionEncoding):
+    """No position signal: the causal mask alone reveals order (Kazemnejad et al. 2023)."""
+
+
+def sinusoid_table(length: int, dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """PE[p, 2i] = sin(p / theta^(2i/d)), PE[p, 2i+1] = cos(...) (Vaswani et al. 2017)."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)[:, : dim // 2]
+    return table.float()
+
+
+@register("pos", "sinusoidal")
+class SinusoidalPositions(PositionEncoding):
+    """Fixed sinusoids added to the token embeddings (Vaswani et al. 2017)."""
+
+    def __init__(self, d_model: int, context_length: int, theta: float = 10000.0):
+        super().__init__()
+        self.register_buffer("table", sinusoid_table(context_length, d_model, theta), persistent=False)
+        self.max_length = context_length
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[: x.shape[1]].to(x.dtype)
+
+
+@register("pos", "learned")
+class LearnedPositions(PositionEncoding):
+    """One trained vector per absolute position, added to the embeddings (GPT-2)."""
+
+    def __init__(self, d_model: int, context_length: int, init_std: float = 0.02):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(context_length, d_model) * init_std)
+        self.max_length = context_length
+
+    @staticmethod
+    def n_params(d_model: int, context_length: int) -> int:
+        return context_length * d_model
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight[: x.shape[1]].to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@register("pos", "rope")
+class RoPE(PositionEncoding):
+    """Rotary embedding (Su et al. 2021): rotate each (i, i + d/2) pair of q and k by p * theta^(-2i/d).
+
+    The half-split pairing is the one of LLaMA / Hugging Face, so weights convert without permuting.
+    q·k then depends on positions only through their offset. The table grows on demand, so RoPE
+    has no hard length limit.
+    """
+
+    @staticmethod
+    def check_config(head_dim: int, d_model: int, n_heads: int) -> str | None:
+        if head_dim % 2:
+            return (f"pos=rope needs an even head dimension, but model.d_model={d_model} / "
+                    f"model.n_heads={n_heads} = {head_dim}. Allowed: an n_heads that leaves an even "
+                    f"d_model / n_heads, or another pos option (sinusoidal, learned, nope).")
+        return None
+
+    def __init__(self, head_dim: int, context_length: int, theta: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self._build(context_length)
+
+    def _build(self, length: int) -> None:
+        inv_freq = self.theta ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
+        angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # (T, head_dim): pair i and i + d/2 share an angle
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        length = q.shape[-2]
+        if length > self.cos.shape[0]:
+            device = self.cos.device
+            self._build(length)
+            self.cos, self.sin = self.cos.to(device), self.sin.to(device)
+        cos, sin = self.cos[:length].to(q.dtype), self.sin[:length].to(q.dtype)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

@@ -1,0 +1,63 @@
+"""The command line as a user meets it: refusals before training, and a multirun that writes its report."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import POEMS, ROOT
+
+RUN = [sys.executable, str(ROOT / "ablate" / "run.py")]
+FAST = ["model=micro", "data=text", f"data.path={POEMS}", "tokenizer.vocab_size=300", "logger=none",
+        "train.batch_size=4", "train.eval_batches=1", "train.sample_tokens=5"]
+
+
+def ablate(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([*RUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+BAD_INPUTS = [
+    # (overrides, what the message must name)
+    (["norm=batchnorm"], ["norm", "batchnorm", "rms", "ln", "none"]),
+    (["model.n_heads=3"], ["model.n_heads=3", "model.d_model=128", "[1, 2, 4, 8, 16, 32, 64, 128]"]),
+    (["model.n_kv_heads=3"], ["model.n_kv_heads=3", "model.n_heads=4", "[1, 2, 4]"]),
+    (["model.d_model=120", "model.n_heads=8"], ["pos=rope", "model.d_model=120", "model.n_heads=8", "15"]),
+    (["data=text"], ["data.path"]),
+    (["data=text", "data.path=/nonexistent/corpus.txt"], ["data.path", "/nonexistent/corpus.txt"]),
+    (["tokenizer.vocab_size=100"], ["tokenizer.vocab_size=100", "257"]),
+    (["model.n_heads=four"], ["model.n_heads", "four"]),
+    (["train.typo_key=1"], ["typo_key"]),
+]
+
+
+@pytest.mark.parametrize("overrides,named", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_refused_with_one_clear_message(tmp_path, overrides, named):
+    existing = tmp_path / "outputs" / "earlier-run"
+    existing.mkdir(parents=True)
+    (existing / "summary.json").write_text('{"status": "completed"}')
+    result = ablate(*overrides, "hydra.run.dir=outputs/new-run", cwd=tmp_path)
+    assert result.returncode != 0
+    message = result.stderr + result.stdout
+    for word in named:
+        assert word in message, f"{word!r} missing from:\n{message}"
+    assert "Traceback" not in message
+    assert len(message.strip().splitlines()) <= 10, message  # one paragraph, not a wall
+    assert not (tmp_path / "outputs" / "new-run").exists()  # nothing left behind
+    assert (existing / "summary.json").read_text() == '{"status": "completed"}'  # nothing touched
+
+
+def test_multirun_trains_every_combination_and_writes_the_report(tmp_path):
+    result = ablate("-m", "norm=rms,ln", *FAST, "train.max_steps=4", "train.eval_interval=2",
+                    "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = tmp_path / "sweep" / "report"
+    for name in ("results.csv", "report.md", "loss_curves.png", "final_loss.png"):
+        assert (report / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(report / "results.csv")))
+    assert sorted(row["norm"] for row in rows) == ["ln", "rms"]
+    assert all(row["status"] == "completed" for row in rows)
+    assert "norm" in (report / "report.md").read_text()

@@ -1,0 +1,156 @@
+"""Each component against its formula or an independent implementation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.attention import SelfAttention
+from components.blocks import DoubleNorm, ParallelBlock, PostNorm, PreNorm, SerialBlock
+from components.ffn import GELUMLP, ReLUMLP, SwiGLU, hidden_size
+from components.norms import LayerNorm, NoNorm, RMSNorm
+from components.positional import NoPositionEncoding, RoPE, sinusoid_table
+from components.registry import UnknownOption, build, options
+
+torch.manual_seed(0)
+
+
+def test_registry_lists_options_and_refuses_unknown_names():
+    assert {"rms", "ln", "none"} <= set(options("norm"))
+    with pytest.raises(UnknownOption, match=r"norm='batch'.*valid choices: ln, none, rms"):
+        build("norm", "batch", dim=4)
+
+
+def test_rmsnorm_matches_formula():
+    x, norm = torch.randn(3, 5, 16), RMSNorm(16, eps=1e-5)
+    norm.weight.data = torch.randn(16)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_layernorm_matches_formula_with_bias():
+    x, norm = torch.randn(3, 5, 16), LayerNorm(16, eps=1e-5, bias=True)
+    norm.weight.data, norm.bias.data = torch.randn(16), torch.randn(16)
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(norm(x), (x - mean) / torch.sqrt(var + 1e-5) * norm.weight + norm.bias)
+    assert NoNorm(16)(x) is x
+
+
+def test_ffn_formulas():
+    x = torch.randn(2, 3, 8)
+    swiglu = SwiGLU(8, 12)
+    w, v = swiglu.gate_up.weight[:12], swiglu.gate_up.weight[12:]
+    torch.testing.assert_close(swiglu(x), (F.silu(x @ w.T) * (x @ v.T)) @ swiglu.down.weight.T)
+    relu, gelu = ReLUMLP(8, 32), GELUMLP(8, 32)
+    torch.testing.assert_close(relu(x), torch.relu(x @ relu.up.weight.T) @ relu.down.weight.T)
+    exact_gelu = lambda z: 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))  # noqa: E731
+    torch.testing.assert_close(gelu(x), exact_gelu(x @ gelu.up.weight.T) @ gelu.down.weight.T)
+
+
+def test_glu_hidden_size_keeps_parameters_equal_to_a_4x_mlp():
+    d = 384
+    glu = SwiGLU.n_params(d, hidden_size(d, 8 / 3, 8))
+    mlp = ReLUMLP.n_params(d, hidden_size(d, 4.0, 8))
+    assert hidden_size(d, 8 / 3, 8) == 1024 and glu == mlp
+    assert hidden_size(128, 8 / 3, 8) == 344  # 341.3 rounds to the nearest multiple of 8
+
+
+def test_sinusoid_table_formula():
+    table = sinusoid_table(10, 6)
+    for p in (0, 3, 9):
+        for i in range(3):
+            angle = p / 10000 ** (2 * i / 6)
+            assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_rope_scores_depend_only_on_the_offset():
+    """<R_m q, R_n k> = <R_{m+s} q, R_{n+s} k>: rotate the same q, k at shifted positions."""
+    rope, head_dim = RoPE(head_dim=16, context_length=64), 16
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+
+    def score(m: int, n: int) -> float:
+        qs = torch.zeros(1, 1, 64, head_dim)
+        ks = torch.zeros(1, 1, 64, head_dim)
+        qs[0, 0, m], ks[0, 0, n] = q, k
+        rq, rk = rope.rotate(qs, ks)
+        return (rq[0, 0, m] @ rk[0, 0, n]).item()
+
+    for m, n, shift in ((5, 2, 7), (10, 10, 30), (3, 0, 50)):
+        assert score(m, n) == pytest.approx(score(m + shift, n + shift), rel=1e-5, abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)  # but it does depend on the offset
+
+
+def test_rope_extends_beyond_its_table():
+    rope = RoPE(head_dim=8, context_length=4)
+    q = torch.randn(1, 1, 10, 8)
+    rq, _ = rope.rotate(q, q)
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))
+
+
+def reference_attention(x, attention: SelfAttention) -> torch.Tensor:
+    """Plain multi-head causal attention written out with explicit softmax, no SDPA, no einops."""
+    b, t, d = x.shape
+    h, kvh, hd = attention.n_heads, attention.n_kv_heads, attention.head_dim
+    qkv = x @ attention.qkv.weight.T
+    q, k, v = qkv[..., :d], qkv[..., d:d + kvh * hd], qkv[..., d + kvh * hd:]
+    q = q.view(b, t, h, hd).transpose(1, 2)
+    k = k.view(b, t, kvh, hd).transpose(1, 2).repeat_interleave(h // kvh, dim=1)
+    v = v.view(b, t, kvh, hd).transpose(1, 2).repeat_interleave(h // kvh, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+    return y @ attention.out.weight.T
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_attention_matches_reference_for_mha_gqa_mqa(n_kv_heads):
+    attention = SelfAttention(d_model=32, n_heads=4, n_kv_heads=n_kv_heads)
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(attention(x, NoPositionEncoding()), reference_attention(x, attention),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_gqa_with_all_kv_heads_equals_torch_multihead_attention():
+    """n_kv_heads == n_heads is plain MHA: compare with torch.nn.MultiheadAttention, same weights."""
+    ours = SelfAttention(d_model=32, n_heads=4, n_kv_heads=4)
+    mha = torch.nn.MultiheadAttention(32, 4, bias=False, batch_first=True)
+    mha.in_proj_weight.data.copy_(ours.qkv.weight)  # both stack q, k, v along the output dimension
+    mha.out_proj.weight.data.copy_(ours.out.weight)
+    x = torch.randn(2, 7, 32)
+    causal = torch.triu(torch.ones(7, 7, dtype=torch.bool), 1)
+    expected, _ = mha(x, x, x, attn_mask=causal, need_weights=False)
+    torch.testing.assert_close(ours(x, NoPositionEncoding()), expected, rtol=1e-5, atol=1e-5)
+
+
+def make_placement(cls, d=8):
+    return lambda n_branches: cls(lambda: RMSNorm(d), n_branches=n_branches)
+
+
+def test_block_formulas():
+    d, x = 8, torch.randn(2, 5, 8)
+    f = torch.nn.Linear(d, d)
+    g = torch.nn.Linear(d, d)
+    attn = lambda h, pos: f(h)  # noqa: E731  (a stand-in sublayer with the attention signature)
+    rms = lambda z: F.rms_norm(z, (d,), eps=1e-5)  # noqa: E731  (all gains are 1 at init)
+
+    serial_pre = SerialBlock(attn, g, make_placement(PreNorm))
+    h = x + f(rms(x))
+    torch.testing.assert_close(serial_pre(x, None), h + g(rms(h)))
+
+    serial_post = SerialBlock(attn, g, make_placement(PostNorm))
+    h = rms(x + f(x))
+    torch.testing.assert_close(serial_post(x, None), rms(h + g(h)))
+
+    serial_double = SerialBlock(attn, g, make_placement(DoubleNorm))
+    h = x + rms(f(rms(x)))
+    torch.testing.assert_close(serial_double(x, None), h + rms(g(rms(h))))
+
+    parallel_pre = ParallelBlock(attn, g, make_placement(PreNorm))
+    torch.testing.assert_close(parallel_pre(x, None), x + f(rms(x)) + g(rms(x)))
+    assert sum(p.numel() for p in parallel_pre.residual.parameters()) == d  # one shared input norm
+
+    parallel_post = ParallelBlock(attn, g, make_placement(PostNorm))
+    torch.testing.assert_close(parallel_post(x, None), rms(x + f(x) + g(x)))

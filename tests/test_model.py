@@ -1,0 +1,75 @@
+"""The assembled model: causality for every option, closed-form accounting against counted parameters."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ablate.accounting import count
+from ablate.model import Transformer
+from components.registry import options
+from tests.conftest import compose
+
+VOCAB = 97
+
+
+def build(*overrides: str) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(compose("model=micro", *overrides), VOCAB).eval()
+
+
+@pytest.mark.parametrize("norm_pos,block,pos,attn", list(itertools.product(
+    options("norm_pos"), options("block"), options("pos"), options("attn"))))
+def test_changing_a_later_token_never_changes_earlier_outputs(norm_pos, block, pos, attn):
+    model = build(f"norm_pos={norm_pos}", f"block={block}", f"pos={pos}", f"attn={attn}")
+    idx = torch.randint(0, VOCAB, (2, 24))
+    t = 11
+    changed = idx.clone()
+    changed[:, t + 1:] = torch.randint(0, VOCAB, (2, 24 - t - 1))
+    with torch.no_grad():
+        before, after = model(idx), model(changed)
+    torch.testing.assert_close(before[:, : t + 1], after[:, : t + 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(before[:, t + 1:], after[:, t + 1:])  # later outputs do see the change
+
+
+def test_logits_shape_and_tied_head():
+    model = build()
+    assert model(torch.randint(0, VOCAB, (3, 10))).shape == (3, 10, VOCAB)
+    assert model.head.weight is model.embed.weight
+    untied = build("model.tie_embeddings=false")
+    assert untied.head.weight is not untied.embed.weight
+
+
+GRID = list(itertools.product(options("norm"), options("norm_pos"), options("ffn"), options("block"),
+                              options("pos")))
+
+
+@pytest.mark.parametrize("norm,norm_pos,ffn,block,pos", GRID)
+def test_closed_form_parameter_count_equals_counted(norm, norm_pos, ffn, block, pos):
+    for extra in ((), ("model.bias=true", "model.tie_embeddings=false", "model.n_kv_heads=2")):
+        cfg = compose("model=micro", f"norm={norm}", f"norm_pos={norm_pos}", f"ffn={ffn}", f"block={block}",
+                      f"pos={pos}", *extra)
+        model = Transformer(cfg, VOCAB)
+        counted = sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
+        closed = count(cfg, VOCAB)
+        assert closed["params_total"] == counted, extra
+        tables = model.embed.weight.numel() + sum(p.numel() for p in model.pos.parameters())
+        assert closed["params_non_embedding"] == counted - tables
+
+
+def test_flops_per_token_formula_for_the_default_model():
+    cfg = compose()  # nano: d 128, 4 layers, context 128, SwiGLU d_ff 344, tied
+    d, layers, t, d_ff, vocab = 128, 4, 128, 344, 2048
+    matmuls = layers * (3 * d * d + d * d + 3 * d * d_ff) + vocab * d
+    assert count(cfg, vocab)["flops_per_token"] == 6 * matmuls + 3 * layers * 4 * t * d
+
+
+def test_fast_compose_agrees_with_hydra():
+    from tests.conftest import hydra_compose_once
+
+    overrides = ("model=micro", "norm=ln", "norm_pos=post", "ffn=gelu", "block=parallel", "pos=learned",
+                 "model.n_kv_heads=2")
+    assert compose(*overrides) == hydra_compose_once(*overrides)
+    # but group order matters to Hydra only through the defaults list, so a later group override of a
+    # key set by an earlier option must still be applied: the helper keeps non-group keys in Hydra
