@@ -16,7 +16,7 @@ from torch import nn
 
 from components.attention import SelfAttention
 from components.ffn import hidden_size
-from components.registry import build, lookup
+from components.registry import build, call, lookup
 
 
 def knobs(group: DictConfig) -> dict[str, Any]:
@@ -34,13 +34,18 @@ class Transformer(nn.Module):
         self.d_ff = hidden_size(m.d_model, cfg.ffn.d_ff_ratio, cfg.ffn.multiple_of)
 
         make_norm = partial(build, "norm", cfg.norm.name, dim=m.d_model, bias=m.bias, **knobs(cfg.norm))
+        make_head_norm = partial(build, "norm", cfg.norm.name, dim=head_dim, bias=m.bias, **knobs(cfg.norm))
         placement = partial(build, "norm_pos", cfg.norm_pos.name, make_norm=make_norm)
+        make_ffn = partial(build, "ffn", cfg.ffn.name, d_model=m.d_model, bias=m.bias, dropout=m.dropout)
 
         def block() -> nn.Module:
             attention = SelfAttention(m.d_model, m.n_heads, n_kv_heads, kernel=cfg.attn.name,
-                                      bias=m.bias, dropout=m.dropout, **knobs(cfg.attn))
-            feedforward = build("ffn", cfg.ffn.name, d_model=m.d_model, d_ff=self.d_ff,
-                                bias=m.bias, dropout=m.dropout)
+                                      bias=m.bias, dropout=m.dropout, qk_norm=cfg.qk_norm.name,
+                                      make_head_norm=make_head_norm, softcap=cfg.softcap.attn,
+                                      context_length=m.context_length, **knobs(cfg.attn))
+            feedforward = call(lookup("moe", cfg.moe.name).feedforward,
+                               make_ffn=lambda hidden: make_ffn(d_ff=hidden), d_model=m.d_model, d_ff=self.d_ff,
+                               bias=m.bias, **knobs(cfg.moe))
             return build("block", cfg.block.name, attention=attention, feedforward=feedforward,
                          placement=lambda n_branches: placement(n_branches=n_branches))
 
@@ -52,6 +57,7 @@ class Transformer(nn.Module):
         needs_final_norm = lookup("norm_pos", cfg.norm_pos.name).final_norm
         self.final_norm = make_norm() if needs_final_norm else nn.Identity()
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
+        self.logit_softcap = cfg.softcap.logits  # cap * tanh(logits / cap) (Gemma 2); None = off
         if m.tie_embeddings:
             self.head.weight = self.embed.weight  # one matrix reads and writes tokens (Press & Wolf 2017)
         self.reset_parameters(m.init_std, m.n_layers)
@@ -70,7 +76,26 @@ class Transformer(nn.Module):
         x = self.dropout(self.pos.embed(self.embed(idx)))
         for block in self.blocks:
             x = block(x, self.pos)
-        return self.head(self.final_norm(x))
+        logits = self.head(self.final_norm(x))
+        if self.logit_softcap is not None:
+            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+        return logits
+
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """Extra training losses the last forward produced (e.g. MoE load balancing), summed by name."""
+        totals: dict[str, torch.Tensor] = {}
+        for module in self.modules():
+            for name, value in getattr(module, "last_aux_losses", {}).items():
+                totals[name] = totals[name] + value if name in totals else value
+        return totals
+
+    def diagnostics(self) -> dict[str, float | list[float]]:
+        """Per-module measurements of the last forward (e.g. MoE expert load), keyed by module path."""
+        found = {}
+        for path, module in self.named_modules():
+            for name, value in getattr(module, "last_diagnostics", {}).items():
+                found[f"{name}/{path}"] = value.detach().float().tolist() if torch.is_tensor(value) else value
+        return found
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

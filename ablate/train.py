@@ -57,12 +57,25 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+def loss_terms(model: Transformer, logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float) -> dict:
+    """The training objective by term: cross-entropy, z-loss and any auxiliary losses of the model.
+
+    z-loss = coef * mean(log Z)^2 with log Z = logsumexp of the output logits (PaLM). The logged
+    `train_loss` is the cross-entropy alone, so it stays comparable across runs with and without extras.
+    """
+    terms = {"ce": lm_loss(logits, targets)}
+    if z_loss_coef:
+        terms["z_loss"] = z_loss_coef * torch.logsumexp(logits.float(), dim=-1).square().mean()
+    terms.update(model.auxiliary_losses())
+    return terms
+
+
 class Run:
     """State of one training run; `train` drives it."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, corpus: TokenizedCorpus, device: torch.device):
         self.cfg, self.run_dir, self.corpus, self.device = cfg, run_dir, corpus, device
-        self.model = Transformer(cfg, corpus.tokenizer.vocab_size).to(device)
+        self.model = self.raw_model = Transformer(cfg, corpus.tokenizer.vocab_size).to(device)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.schedule = build("schedule", cfg.schedule.name, max_steps=cfg.train.max_steps, **knobs(cfg.schedule))
         self.rng = np.random.default_rng(cfg.train.seed)
@@ -78,28 +91,31 @@ class Run:
         tensor = torch.from_numpy(array)
         return tensor.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else tensor
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step over train.batch_size sequences in train.grad_accum micro-batches."""
+    def train_step(self) -> tuple[dict[str, float], float]:
+        """One optimizer step over train.batch_size sequences in train.grad_accum micro-batches.
+
+        Returns the mean of each loss term over the micro-batches and the gradient norm before clipping."""
         cfg = self.cfg
         micro = cfg.train.batch_size // cfg.train.grad_accum
         lr = cfg.optim.lr * self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        totals: dict[str, float] = {}
         for _ in range(cfg.train.grad_accum):
             starts = self.corpus.random_starts("train", micro, cfg.model.context_length, self.rng)
             x, y = (self.to_device(a) for a in self.corpus.windows("train", starts, cfg.model.context_length))
             with self.autocast():
-                loss = lm_loss(self.model(x), y)
-            (loss / cfg.train.grad_accum).backward()
-            total += loss.item() / cfg.train.grad_accum
+                terms = loss_terms(self.raw_model, self.model(x), y, cfg.z_loss.coef)
+            (sum(terms.values()) / cfg.train.grad_accum).backward()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.item() / cfg.train.grad_accum
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         self.optimizer.step()
         self.step += 1
         self.tokens_seen += cfg.train.batch_size * cfg.model.context_length
-        return total, grad_norm
+        return totals, grad_norm
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -115,7 +131,7 @@ class Run:
 
     def save_checkpoint(self) -> None:
         state = {
-            "model": getattr(self.model, "_orig_mod", self.model).state_dict(),  # unwrap torch.compile
+            "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "step": self.step,
             "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
             "initial_loss": self.initial_loss, "rng": self.rng.bit_generator.state,
@@ -213,17 +229,20 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                dynamic_ncols=True, desc="train")
     try:
         while run.step < cfg.train.max_steps:
-            loss, grad_norm = run.train_step()
+            terms, grad_norm = run.train_step()
+            loss, objective = terms["ce"], sum(terms.values())
             interval_tokens += cfg.train.batch_size * cfg.model.context_length
-            run.initial_loss = run.initial_loss or loss
-            diverged = not math.isfinite(loss) or loss > cfg.train.divergence_factor * run.initial_loss
+            run.initial_loss = run.initial_loss or objective
+            diverged = not math.isfinite(objective) or objective > cfg.train.divergence_factor * run.initial_loss
             last = run.step == cfg.train.max_steps
             if run.step % cfg.train.log_interval == 0 or run.step % cfg.train.eval_interval == 0 or last or diverged:
                 now = time.perf_counter()
                 record = {"step": run.step, "tokens": run.tokens_seen, "train_loss": loss,
                           "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
                           "tokens_per_s": interval_tokens / max(now - interval_started, 1e-9),
-                          "elapsed_s": now - train_started}
+                          "elapsed_s": now - train_started,
+                          **{name: value for name, value in terms.items() if name != "ce"},
+                          **run.raw_model.diagnostics()}
                 interval_started, interval_tokens = now, 0
                 if (run.step % cfg.train.eval_interval == 0 or last) and not diverged:
                     val_loss = run.evaluate()
@@ -236,7 +255,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                                 tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
             if diverged:
-                summary.update(status="diverged", error=f"train loss {loss} at step {run.step} "
+                summary.update(status="diverged", error=f"training objective {objective} at step {run.step} "
                                f"(initial {run.initial_loss:.3f}, limit x{cfg.train.divergence_factor})")
                 break
         else:

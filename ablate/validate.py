@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 from components.registry import UnknownOption, accepted_kwargs, lookup
 
 # config groups whose `name` is a registry key of the same axis
-REGISTERED_GROUPS = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "data", "tokenizer", "schedule", "logger")
+REGISTERED_GROUPS = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "moe", "data", "tokenizer",
+                     "schedule", "logger")
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,8 @@ three, so GLU options default to d_ff = 8/3 d_model to keep parameters equal to 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,10 @@ from components.registry import register
 def hidden_size(d_model: int, d_ff_ratio: float, multiple_of: int) -> int:
     """d_ff = d_ff_ratio * d_model rounded to the nearest multiple of `multiple_of` (at least one)."""
     return max(multiple_of, multiple_of * round(d_ff_ratio * d_model / multiple_of))
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
 
 
 class FeedForward(nn.Module):
@@ -72,8 +78,43 @@ class ReLUMLP(MLP):
     activation = staticmethod(F.relu)
 
 
+@register("ffn", "gelu_tanh")
+class GELUTanhMLP(MLP):
+    """GPT-2's exact MLP: GELU with the tanh approximation ("gelu_new" in Hugging Face)."""
+
+    activation = staticmethod(partial(F.gelu, approximate="tanh"))
+
+
+@register("ffn", "relu2")
+class SquaredReLUMLP(MLP):
+    """relu(x)^2 (So et al. 2021, Primer)."""
+
+    activation = staticmethod(squared_relu)
+
+
+@register("ffn", "silu")
+class SiLUMLP(MLP):
+    """SiLU without a gate: isolates what the gate of SwiGLU buys."""
+
+    activation = staticmethod(F.silu)
+
+
 @register("ffn", "swiglu")
 class SwiGLU(GatedMLP):
     """SiLU-gated linear unit (Shazeer 2020), as in LLaMA and PaLM."""
 
     activation = staticmethod(F.silu)
+
+
+@register("ffn", "geglu")
+class GeGLU(GatedMLP):
+    """GELU-gated linear unit (Shazeer 2020), as in Gemma (tanh-approximate GELU)."""
+
+    activation = staticmethod(partial(F.gelu, approximate="tanh"))
+
+
+@register("ffn", "reglu")
+class ReGLU(GatedMLP):
+    """ReLU-gated linear unit (Shazeer 2020)."""
+
+    activation = staticmethod(F.relu)

@@ -3,6 +3,7 @@
 A position option can act at two places, and each class overrides only the hook it needs:
 - `embed(x)`: added to the token embeddings at the bottom (sinusoidal, learned);
 - `rotate(q, k)`: applied to queries and keys inside every attention layer (RoPE).
+- `attention_bias(T)`: added to the attention scores of every layer (ALiBi).
 The model holds one instance and hands it to every attention layer, so tables are built once.
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ class PositionEncoding(nn.Module):
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, k
+
+    def attention_bias(self, length: int, device: torch.device) -> torch.Tensor | None:
+        """Additive bias on attention scores, (n_heads, T, T), or None (ALiBi overrides this)."""
+        return None
 
 
 @register("pos", "nope")

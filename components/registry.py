@@ -69,6 +69,11 @@ def accepted_kwargs(fn: Callable, available: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in available.items() if k in names}
 
 
+def call(fn: Callable, /, **available: Any) -> Any:
+    """Call `fn` with the keywords it accepts out of `available` (for option classmethods)."""
+    return fn(**accepted_kwargs(fn, available))
+
+
 def build(axis: str, name: str, /, **available: Any) -> Any:
     """Instantiate ``axis/name`` with the keywords its constructor accepts out of ``available``."""
     cls = lookup(axis, name)
@@ -84,6 +89,8 @@ AXIS_MODULES = {
     "ffn": "components.ffn",
     "pos": "components.positional",
     "attn": "components.attention",
+    "qk_norm": "components.attention",
+    "moe": "components.moe",
     "tokenizer": "ablate.tokenizer",
     "data": "ablate.data",
     "schedule": "ablate.schedules",
