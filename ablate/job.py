@@ -53,10 +53,12 @@ def run_job(cfg: DictConfig) -> float | None:
         if not multirun:
             refuse(str(error), run_dir)
         return record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
-    except Exception:
+    except Exception as error:
         if not multirun:
             raise
         traceback.print_exc()
+        if not (run_dir / "summary.json").exists():  # failed before training wrote its own summary
+            record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
         print(f"ablate: job {hydra_cfg.job.num} failed; the sweep continues (see {run_dir}/summary.json)",
               file=sys.stderr)
         return None

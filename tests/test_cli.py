@@ -61,3 +61,18 @@ def test_multirun_trains_every_combination_and_writes_the_report(tmp_path):
     assert sorted(row["norm"] for row in rows) == ["ln", "rms"]
     assert all(row["status"] == "completed" for row in rows)
     assert "norm" in (report / "report.md").read_text()
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("needs a machine where train.device=mps fails")
+    result = ablate("-m", "train.device=mps,cpu", *FAST, "train.max_steps=2", "train.eval_interval=2",
+                    "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["train.device"]: row for row in csv.DictReader(open(tmp_path / "sweep" / "report" / "results.csv"))}
+    assert rows["cpu"]["status"] == "completed"
+    assert rows["mps"]["status"] == "failed" and rows["mps"]["error"]
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert "failed" in report and "mps" in report

@@ -154,3 +154,63 @@ def test_block_formulas():
 
     parallel_post = ParallelBlock(attn, g, make_placement(PostNorm))
     torch.testing.assert_close(parallel_post(x, None), rms(x + f(x) + g(x)))
+
+
+@pytest.mark.parametrize("name,act,gated", [
+    ("geglu", lambda z: F.gelu(z, approximate="tanh"), True),
+    ("reglu", torch.relu, True),
+    ("relu2", lambda z: torch.relu(z) ** 2, False),
+    ("silu", lambda z: z * torch.sigmoid(z), False),
+    ("gelu_tanh", lambda z: 0.5 * z * (1 + torch.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3))), False),
+])
+def test_more_ffn_formulas(name, act, gated):
+    x = torch.randn(2, 3, 8)
+    ffn = build("ffn", name, d_model=8, d_ff=12)
+    if gated:
+        w, v = ffn.gate_up.weight[:12], ffn.gate_up.weight[12:]
+        expected = (act(x @ w.T) * (x @ v.T)) @ ffn.down.weight.T
+    else:
+        expected = act(x @ ffn.up.weight.T) @ ffn.down.weight.T
+    torch.testing.assert_close(ffn(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_qk_norm_makes_queries_and_keys_unit_rms_per_head():
+    qk_norm = build("qk_norm", "on", make_head_norm=lambda: RMSNorm(8, eps=1e-8))
+    q, k = torch.randn(2, 4, 5, 8) * 7, torch.randn(2, 2, 5, 8) * 0.1
+    nq, nk = qk_norm(q, k)
+    torch.testing.assert_close(nq.pow(2).mean(-1), torch.ones(2, 4, 5))
+    torch.testing.assert_close(nk.pow(2).mean(-1), torch.ones(2, 2, 5))
+    assert build("qk_norm", "off")(q, k) == (q, k)
+
+
+def test_output_softcap_bounds_logits_and_is_identity_far_below_the_cap():
+    from ablate.model import Transformer
+    from tests.conftest import compose
+
+    torch.manual_seed(0)
+    capped = Transformer(compose("model=micro", "softcap=on", "softcap.logits=2.0", "softcap.attn=null"), 50)
+    plain = Transformer(compose("model=micro"), 50)
+    plain.load_state_dict(capped.state_dict())
+    with torch.no_grad():
+        for module in (capped, plain):
+            module.head.weight.mul_(200)  # large logits, so the cap binds
+        idx = torch.randint(0, 50, (2, 12))
+        big_capped, big_plain = capped(idx), plain(idx)
+    assert big_capped.abs().max() <= 2.0 and big_plain.abs().max() > 4.0
+    torch.testing.assert_close(big_capped, 2.0 * torch.tanh(big_plain / 2.0), rtol=1e-5, atol=1e-5)
+    far_below = torch.linspace(-0.01, 0.01, 11)
+    torch.testing.assert_close(30.0 * torch.tanh(far_below / 30.0), far_below, rtol=1e-6, atol=1e-9)
+
+
+def test_z_loss_term_equals_its_formula_and_is_logged_separately():
+    from ablate.model import Transformer
+    from ablate.train import loss_terms
+    from tests.conftest import compose
+
+    model = Transformer(compose("model=micro"), 50)
+    logits, targets = torch.randn(2, 7, 50) * 3, torch.randint(0, 50, (2, 7))
+    terms = loss_terms(model, logits, targets, z_loss_coef=1e-4)
+    log_z = torch.log(torch.exp(logits.double()).sum(-1))
+    assert terms["z_loss"].item() == pytest.approx(1e-4 * (log_z**2).mean().item(), rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item())
+    assert "z_loss" not in loss_terms(model, logits, targets, z_loss_coef=0.0)

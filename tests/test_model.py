@@ -41,19 +41,20 @@ def test_logits_shape_and_tied_head():
     assert untied.head.weight is not untied.embed.weight
 
 
-GRID = list(itertools.product(options("norm"), options("norm_pos"), options("ffn"), options("block"),
-                              options("pos")))
+AXES = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "moe")
+ONE_AT_A_TIME = [(axis, option) for axis in AXES for option in options(axis)]
 
 
-@pytest.mark.parametrize("norm,norm_pos,ffn,block,pos", GRID)
-def test_closed_form_parameter_count_equals_counted(norm, norm_pos, ffn, block, pos):
-    for extra in ((), ("model.bias=true", "model.tie_embeddings=false", "model.n_kv_heads=2")):
-        cfg = compose("model=micro", f"norm={norm}", f"norm_pos={norm_pos}", f"ffn={ffn}", f"block={block}",
-                      f"pos={pos}", *extra)
+@pytest.mark.parametrize("axis,option", ONE_AT_A_TIME, ids=[f"{a}={o}" for a, o in ONE_AT_A_TIME])
+def test_closed_form_parameter_count_equals_counted(axis, option):
+    """Every option, on a plain and on a biased/untied/GQA base (random combinations: test_combinations.py)."""
+    for base in (("norm=rms",), ("norm=ln", "model.bias=true", "model.tie_embeddings=false", "model.n_kv_heads=2",
+                                 "block=parallel", "norm_pos=double")):
+        cfg = compose("model=micro", *base, f"{axis}={option}")
         model = Transformer(cfg, VOCAB)
         counted = sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
         closed = count(cfg, VOCAB)
-        assert closed["params_total"] == counted, extra
+        assert closed["params_total"] == counted, base
         tables = model.embed.weight.numel() + sum(p.numel() for p in model.pos.parameters())
         assert closed["params_non_embedding"] == counted - tables
 
@@ -73,3 +74,21 @@ def test_fast_compose_agrees_with_hydra():
     assert compose(*overrides) == hydra_compose_once(*overrides)
     # but group order matters to Hydra only through the defaults list, so a later group override of a
     # key set by an earlier option must still be applied: the helper keeps non-group keys in Hydra
+
+
+@pytest.mark.parametrize("overrides", [
+    (), ("ffn=gelu",), ("ffn=geglu", "block=parallel"), ("model.n_kv_heads=1",), ("model.n_kv_heads=2", "qk_norm=on"),
+    ("model.tie_embeddings=false", "pos=learned", "model.bias=true", "norm=ln"), ("softcap=on", "norm_pos=double"),
+])
+def test_flops_per_token_matches_torch_flop_counter(overrides):
+    """Closed-form forward+backward FLOPs against torch.utils.flop_counter (math SDPA, so scores count)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = compose("model=micro", *overrides)
+    model = Transformer(cfg, 256)
+    idx = torch.randint(0, 256, (2, cfg.model.context_length))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(idx).float().logsumexp(-1).mean().backward()
+    measured = counter.get_total_flops() / idx.numel()
+    assert count(cfg, 256)["flops_per_token"] == pytest.approx(measured, rel=0.05)
