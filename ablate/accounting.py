@@ -54,7 +54,7 @@ def count(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
                      d_model=d, d_ff=d_ff, **moe_knobs)
     matmul_per_layer = SelfAttention.n_params(d, m.n_heads, n_kv, False) + ff_matmul
     score_flops = call(lookup("attn", cfg.attn.name).flops_per_token, d_model=d, context_length=m.context_length,
-                       **knobs_of(cfg.attn))
+                       head_dim=d // m.n_heads, n_heads=m.n_heads, **knobs_of(cfg.attn))
     flops = 6 * (m.n_layers * matmul_per_layer + vocab_size * d) + 3 * m.n_layers * score_flops
     return {
         "params_total": total,

@@ -27,6 +27,7 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = False  # biases in linear layers and LayerNorm (GPT-2 has them, LLaMA does not)
     init_std: float = 0.02
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017; Gemma)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class AttnConfig:
     name: str = "full"
     window: Optional[int] = None  # sliding_window / strided: keys within this many positions
     stride: Optional[int] = None  # strided: also every stride-th earlier position
+    chunk_size: int = 64  # linear: tokens per chunk (quadratic inside a chunk, recurrent across chunks)
 
 
 @dataclass

@@ -84,7 +84,8 @@ def check(cfg: DictConfig) -> None:
 def option_context(cfg: DictConfig) -> dict[str, Any]:
     """What an option's check_config may ask for, by keyword."""
     m = cfg.model
-    context = {f"{group}_{key}": value for group in REGISTERED_GROUPS for key, value in cfg[group].items()}
+    context = {f"{group}_{key}": value for group, options in cfg.items() if group != "train"
+               for key, value in options.items()}
     context.update(
         d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads or m.n_heads,
         head_dim=m.d_model // m.n_heads, context_length=m.context_length, vocab_size=cfg.tokenizer.vocab_size,

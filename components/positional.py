@@ -8,6 +8,7 @@ The model holds one instance and hands it to every attention layer, so tables ar
 """
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import nn
@@ -127,3 +128,44 @@ class RoPE(PositionEncoding):
             self.cos, self.sin = self.cos.to(device), self.sin.to(device)
         cos, sin = self.cos[:length].to(q.dtype), self.sin[:length].to(q.dtype)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """ALiBi's head slopes (Press et al. 2022, the reference `get_slopes`): for n a power of two the
+    geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8); otherwise the slopes of the closest lower power
+    of two p, followed by every other slope of 2p (2^(-4/p), 2^(-12/p), ...) up to n slopes in all."""
+    def geometric(n: int) -> list[float]:
+        return [2 ** (-8 * (h + 1) / n) for h in range(n)]
+
+    p = 2 ** math.floor(math.log2(n_heads))
+    return geometric(p) + geometric(2 * p)[0::2][: n_heads - p]
+
+
+@register("pos", "alibi")
+class ALiBi(PositionEncoding):
+    """Attention with Linear Biases (Press et al. 2022): no embedding, no rotation; head h adds
+    -slope_h * (i - j) to the score of query i on key j, so attention decays linearly with distance at a
+    per-head rate. The bias depends only on distances, so ALiBi has no length limit.
+
+    Takes n_heads; when the assembly passes only d_model and head_dim it uses d_model // head_dim
+    (the same number: validate guarantees n_heads divides d_model)."""
+
+    def __init__(self, n_heads: int | None = None, d_model: int | None = None, head_dim: int | None = None):
+        super().__init__()
+        if n_heads is None:
+            if d_model is None or head_dim is None:
+                raise ValueError("pos=alibi needs n_heads (or d_model and head_dim) to give each head a slope.")
+            n_heads = d_model // head_dim
+        self.n_heads = n_heads
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads), dtype=torch.float32), persistent=False)
+        self._bias: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def attention_bias(self, length: int, device: torch.device) -> torch.Tensor:
+        """(n_heads, T, T): -slope_h * (i - j) on and below the diagonal, 0 above it (masked anyway).
+        Built once per (T, device)."""
+        key = (length, torch.device(device))
+        if key not in self._bias:
+            position = torch.arange(length, device=device)
+            distance = (position[:, None] - position[None, :]).clamp_min(0).float()
+            self._bias[key] = -self.slopes.to(device)[:, None, None] * distance
+        return self._bias[key]

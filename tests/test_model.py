@@ -8,6 +8,7 @@ import torch
 
 from ablate.accounting import count
 from ablate.model import Transformer
+from ablate.validate import ConfigError, check
 from components.registry import options
 from tests.conftest import compose
 
@@ -15,8 +16,14 @@ VOCAB = 97
 
 
 def build(*overrides: str) -> Transformer:
+    """The micro model with these choices; combinations the validator refuses are skipped."""
+    cfg = compose("model=micro", *overrides)
+    try:
+        check(cfg)
+    except ConfigError as error:
+        pytest.skip(f"refused combination: {error}")
     torch.manual_seed(0)
-    return Transformer(compose("model=micro", *overrides), VOCAB).eval()
+    return Transformer(cfg, VOCAB).eval()
 
 
 @pytest.mark.parametrize("norm_pos,block,pos,attn", list(itertools.product(
