@@ -6,6 +6,8 @@ goes on; the report at the end lists it.
 """
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import sys
 import traceback
@@ -27,7 +29,8 @@ def refuse(message: str, run_dir: Path) -> None:
     sys.exit(EXIT_BAD_CONFIG)
 
 
-def run_job(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig) -> float:
+    """Train one job; returns its final validation loss (inf when it has none) for sweepers that optimize."""
     from ablate import validate
     from ablate.data import DataError
 
@@ -39,10 +42,13 @@ def run_job(cfg: DictConfig) -> float | None:
     except validate.ConfigError as error:
         if not multirun:
             refuse(str(error), run_dir)
-        return record_failure(run_dir, cfg, f"ConfigError: {error}")
+        record_failure(run_dir, cfg, f"ConfigError: {error}")
+        return math.inf
 
     from ablate.train import train
 
+    if cfg.train.threads is None:
+        cfg.train.threads = threads_per_job(hydra_cfg.launcher)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
                if v is not None and not k.startswith("hydra") and k != "schema"}
     overrides = list(hydra_cfg.overrides.task)
@@ -52,7 +58,8 @@ def run_job(cfg: DictConfig) -> float | None:
     except (validate.ConfigError, DataError) as error:
         if not multirun:
             refuse(str(error), run_dir)
-        return record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
+        record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
+        return math.inf
     except Exception as error:
         if not multirun:
             raise
@@ -61,9 +68,25 @@ def run_job(cfg: DictConfig) -> float | None:
             record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
         print(f"ablate: job {hydra_cfg.job.num} failed; the sweep continues (see {run_dir}/summary.json)",
               file=sys.stderr)
-        return None
+        return math.inf
     print_result(summary, run_dir)
-    return summary["final_val_loss"]
+    loss = summary["final_val_loss"]
+    return math.inf if loss is None or summary["status"] != "completed" else loss
+
+
+def threads_per_job(launcher: DictConfig) -> int | None:
+    """Torch CPU threads for one job of a parallel launcher: the cores divided among the jobs.
+
+    joblib runs n_jobs jobs at once on this machine; submitit gives each job cpus_per_task cores.
+    On a busy 2-core machine two 1-thread jobs outrun one 2-thread job, so never oversubscribe.
+    """
+    cores = os.cpu_count() or 1
+    if launcher.get("n_jobs") is not None:
+        parallel = cores if launcher.n_jobs < 0 else min(cores, launcher.n_jobs)
+        return max(1, cores // max(1, parallel))
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:

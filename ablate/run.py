@@ -26,8 +26,8 @@ def refuse_unknown_options(argv: list[str]) -> None:
     for arg in argv:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+~")
-        if arg.startswith("-") or not sep or "(" in value or not (CONF / group).is_dir():
-            continue
+        if arg.startswith("-") or not sep or "(" in value or group.startswith("hydra/") or not (CONF / group).is_dir():
+            continue  # hydra/* groups also come from installed plugins: Hydra checks those
         valid = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         for option in value.split(","):
             if option not in valid:
@@ -38,7 +38,7 @@ def refuse_unknown_options(argv: list[str]) -> None:
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     from ablate.job import run_job
 
     return run_job(cfg)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -16,6 +17,7 @@ POEMS = ROOT / "tests" / "fixtures" / "poems"  # four Shakespeare poems: a small
 sys.path.insert(0, str(ROOT))
 
 os.environ["WANDB_MODE"] = "disabled"
+torch.set_num_threads(1)  # the test models are tiny: a second OpenMP thread costs more than it gives
 os.environ.setdefault("ABLATE_CACHE", str(Path(os.environ.get("PYTEST_CACHE_ROOT", "/tmp")) / f"ablate-test-cache-{os.getpid()}"))
 
 
