@@ -50,7 +50,8 @@ class Transformer(nn.Module):
                          placement=lambda n_branches: placement(n_branches=n_branches))
 
         self.embed = nn.Embedding(vocab_size, m.d_model)
-        self.pos = build("pos", cfg.pos.name, d_model=m.d_model, head_dim=head_dim,
+        self.embed_scale = m.d_model ** 0.5 if m.scale_embeddings else None  # Gemma: embeddings * sqrt(d_model)
+        self.pos = build("pos", cfg.pos.name, d_model=m.d_model, head_dim=head_dim, n_heads=m.n_heads,
                          context_length=m.context_length, init_std=m.init_std, **knobs(cfg.pos))
         self.dropout = nn.Dropout(m.dropout)
         self.blocks = nn.ModuleList(block() for _ in range(m.n_layers))
@@ -73,7 +74,10 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (batch, time) -> next-token logits (batch, time, vocab)."""
-        x = self.dropout(self.pos.embed(self.embed(idx)))
+        x = self.embed(idx)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
+        x = self.dropout(self.pos.embed(x))
         for block in self.blocks:
             x = block(x, self.pos)
         logits = self.head(self.final_norm(x))

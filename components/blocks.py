@@ -4,7 +4,7 @@ A `norm_pos` option is a residual connection around one or more branches (sublay
 read the same input, with up to three norms:
 
     input norm     -> applied to x before the branches     (pre, double)
-    output norms   -> one per branch, on its output         (double)
+    output norms   -> one per branch, on its output         (double, output)
     sum norm       -> applied after the residual add        (post)
 
     residual(x, f, g) = sum_norm(x + out_f(f(in(x))) + out_g(g(in(x))))
@@ -72,6 +72,15 @@ class DoubleNorm(NormPlacement):
     """x + norm(f(norm(x))): norms on both sides of each sublayer (Gemma 2; Ding et al. 2021)."""
 
     norm_input = norm_output = True
+
+
+@register("norm_pos", "output")
+class OutputNorm(NormPlacement):
+    """x + norm(f(x)): a norm on each sublayer's output only, none on its input (OLMo 2's reordered
+    norm; Swin Transformer v2's res-post-norm). The residual stream itself is never normalized,
+    so the model keeps its final norm."""
+
+    norm_output = True
 
 
 @register("block", "serial")

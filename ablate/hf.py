@@ -1,0 +1,502 @@
+"""Weights and config between ablate's `Transformer` and Hugging Face transformers models.
+
+    hf_model = to_hf(model, cfg)          # -> LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM /
+                                          #    Gemma2ForCausalLM / GPT2LMHeadModel, same logits
+    model, cfg = from_hf(hf_model)        # back (also from a path: from_hf("OUT_DIR"))
+
+Only exact conversions are made: a config a transformers model cannot compute is refused with
+`NotExpressible`, whose message names the option(s) that are the reason. Which HF model a config
+maps to (checked in this order; the first one the config fits is used, otherwise the closest one
+names what does not fit):
+
+    llama    norm=rms, norm_pos=pre, block=serial, pos=rope, gated ffn (swiglu, geglu, reglu), moe=off,
+             attn=full; model.bias -> attention_bias and mlp_bias; attn=sliding_window -> Mistral (no biases)
+    mixtral  the same with moe=topk (n_shared=0, granularity=1), no biases
+    gemma2   norm=rms, norm_pos=double, pos=rope, gated ffn, model.scale_embeddings=true, no biases,
+             any softcap; attn=full (every HF layer full attention) or sliding_window (every layer sliding)
+    gpt2     norm=ln, norm_pos=pre, block=serial, pos=learned, plain ffn (gelu_tanh, gelu, relu, silu,
+             relu2), n_kv_heads = n_heads; model.bias=false exports zero biases
+
+Everywhere: qk_norm=off (ours is per head; OLMo 2's normalizes whole projections), no ALiBi, sinusoidal
+or NoPE positions, block=parallel has no HF counterpart with one shared norm. Training-only settings
+(z_loss, moe.aux_loss, moe.router_z_loss, dropout outside GPT-2) do not change the function and are not
+carried over; from_hf leaves z_loss and the router z-loss off and moe.aux_loss at ablate's default.
+from_hf of a model with alternating sliding-window and global layers (Gemma 2 as released) sets
+model.context_length to the window: up to that length every layer attends to every earlier token.
+
+Layout notes. Ours fuses q, k, v into one `qkv` Linear ([q; k; v] rows) and gate and up into
+`gate_up` ([gate; up] rows); HF Llama keeps them separate, HF Mixtral stores experts as 3-D
+`gate_up_proj` ([gate; up] rows, the same layout) and `down_proj`; GPT-2's Conv1D stores x W (in, out),
+so its weights are transposed. Gemma's RMSNorm multiplies by (1 + w): our gain g = 1 + w.
+RoPE: both use the half-split rotate_half convention, so no permutation is needed.
+
+`hf_tokenizer(tokenizer)` turns ablate's byte-level BPE into a transformers fast tokenizer with the
+same ids. transformers is imported only inside these functions (it is an optional extra).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ablate.config import Config
+from ablate.model import Transformer
+from components.ffn import hidden_size
+
+INSTALL_HINT = "pip install transformers (or pip install -e '.[dev]')"
+
+
+class NotExpressible(ValueError):
+    """A config (or HF model) that has no exact counterpart on the other side; str() is the message."""
+
+
+class TransformersMissing(ImportError):
+    pass
+
+
+def require_transformers():
+    try:
+        import transformers
+    except ImportError as error:
+        raise TransformersMissing(
+            f"converting to or from Hugging Face needs the optional package `transformers`, which is not "
+            f"installed ({error}). Install it with: {INSTALL_HINT}.") from None
+    return transformers
+
+
+# ------------------------------------------------------------------------------------------------
+# activations: ablate ffn option <-> HF activation name
+GATED_ACT = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh", "reglu": "relu"}
+PLAIN_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu", "relu2": "relu2"}
+GATED_FROM_HF = {"silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu",
+                 "gelu_fast": "geglu", "relu": "reglu"}
+PLAIN_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+                 "silu": "silu", "swish": "silu", "relu2": "relu2"}
+
+FAMILIES = ("llama", "mixtral", "gemma2", "gpt2")
+HF_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
+            "gemma2": "Gemma2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+
+
+def _need(problems: list[str], ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        problems.append(f"{key}={value} (it needs {allowed})")
+
+
+def _family_problems(cfg: DictConfig, family: str) -> list[str]:
+    """What keeps `cfg` from being exactly the HF model `family` (empty: it converts)."""
+    m, p = cfg.model, []
+    gated = family != "gpt2"
+    moe = cfg.moe.name
+    _need(p, cfg.qk_norm.name == "off", "qk_norm", cfg.qk_norm.name,
+          "off: ablate normalizes q and k per head, no transformers model of this family does")
+    if family == "gpt2":
+        _need(p, cfg.norm.name == "ln", "norm", cfg.norm.name, "ln")
+        _need(p, cfg.norm_pos.name == "pre", "norm_pos", cfg.norm_pos.name, "pre")
+        _need(p, cfg.pos.name == "learned", "pos", cfg.pos.name, "learned")
+        _need(p, cfg.ffn.name in PLAIN_ACT, "ffn", cfg.ffn.name, "one of " + ", ".join(PLAIN_ACT))
+        _need(p, (m.n_kv_heads or m.n_heads) == m.n_heads, "model.n_kv_heads", m.n_kv_heads,
+              "null: GPT-2 has no grouped-query attention")
+        _need(p, cfg.attn.name == "full", "attn", cfg.attn.name, "full")
+    else:
+        _need(p, cfg.norm.name == "rms", "norm", cfg.norm.name, "rms")
+        _need(p, cfg.pos.name == "rope", "pos", cfg.pos.name, "rope")
+        _need(p, cfg.ffn.name in GATED_ACT, "ffn", cfg.ffn.name, "a gated ffn: " + ", ".join(GATED_ACT))
+        _need(p, cfg.attn.name in ("full", "sliding_window"), "attn", cfg.attn.name, "full or sliding_window")
+        want_pos = "double" if family == "gemma2" else "pre"
+        _need(p, cfg.norm_pos.name == want_pos, "norm_pos", cfg.norm_pos.name, want_pos)
+    _need(p, cfg.block.name == "serial", "block", cfg.block.name,
+          "serial: transformers has no parallel block with one shared norm")
+    if family == "mixtral":
+        _need(p, moe == "topk", "moe", moe, "topk")
+        if moe == "topk":
+            _need(p, cfg.moe.n_shared == 0, "moe.n_shared", cfg.moe.n_shared, "0: Mixtral has no shared experts")
+            _need(p, cfg.moe.granularity == 1, "moe.granularity", cfg.moe.granularity, "1")
+    else:
+        _need(p, moe == "off", "moe", moe, "off (moe=topk exports as Mixtral)")
+    if family != "gemma2":
+        _need(p, cfg.softcap.attn is None and cfg.softcap.logits is None, "softcap", cfg.softcap.name,
+              "off (soft-capping exports only with Gemma 2's double norm)")
+        _need(p, not m.scale_embeddings, "model.scale_embeddings", m.scale_embeddings, "false")
+    else:
+        _need(p, m.scale_embeddings, "model.scale_embeddings", m.scale_embeddings,
+              "true: Gemma 2 multiplies embeddings by sqrt(d_model)")
+    if family in ("mixtral", "gemma2") or (family == "llama" and cfg.attn.name == "sliding_window"):
+        _need(p, not m.bias, "model.bias", m.bias, f"false: {_hf_name(cfg, family)} has no biases")
+    return p
+
+
+def _hf_name(cfg: DictConfig, family: str) -> str:
+    if family == "llama" and cfg.attn.name == "sliding_window":
+        return HF_CLASS["mistral"]
+    return HF_CLASS[family]
+
+
+def hf_family(cfg: DictConfig) -> str:
+    """The HF model family that computes exactly what `cfg` does; NotExpressible names what does not fit."""
+    problems = {family: _family_problems(cfg, family) for family in FAMILIES}
+    for family in FAMILIES:
+        if not problems[family]:
+            return family
+    signature = {  # the option that makes a config look like one family, to name the closest one
+        "mixtral": cfg.moe.name != "off",
+        "gemma2": cfg.norm_pos.name == "double" or bool(cfg.model.scale_embeddings),
+        "gpt2": cfg.pos.name == "learned" or cfg.norm.name == "ln" and cfg.ffn.name in PLAIN_ACT}
+    signature["llama"] = not any(signature.values())
+    closest = min(FAMILIES, key=lambda f: (len(problems[f]), not signature[f], FAMILIES.index(f)))
+    raise NotExpressible(
+        f"this config has no exact Hugging Face transformers equivalent. The closest model, "
+        f"{_hf_name(cfg, closest)}, cannot compute it because of "
+        f"{'; '.join(problems[closest])}. Exportable presets: llama, mixtral, gemma2, gpt2 "
+        f"(and their variations listed in ablate/hf.py).")
+
+
+# ------------------------------------------------------------------------------------------------
+# ours -> HF
+def hf_config(cfg: DictConfig, vocab_size: int, *, bos_token_id: int | None = None,
+              eos_token_id: int | None = None):
+    """The transformers config of the model `cfg` describes."""
+    transformers = require_transformers()
+    family = hf_family(cfg)
+    m = cfg.model
+    n_kv = m.n_kv_heads or m.n_heads
+    head_dim = m.d_model // m.n_heads
+    d_ff = hidden_size(m.d_model, cfg.ffn.d_ff_ratio, cfg.ffn.multiple_of)
+    tokens = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=None)
+    if family == "gpt2":
+        return transformers.GPT2Config(
+            vocab_size=vocab_size, n_positions=m.context_length, n_embd=m.d_model, n_layer=m.n_layers,
+            n_head=m.n_heads, n_inner=d_ff, activation_function=PLAIN_ACT[cfg.ffn.name],
+            resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, layer_norm_epsilon=cfg.norm.eps,
+            initializer_range=m.init_std, scale_attn_weights=True, tie_word_embeddings=m.tie_embeddings,
+            **tokens)
+    window = cfg.attn.window if cfg.attn.name == "sliding_window" else None
+    common = dict(
+        vocab_size=vocab_size, hidden_size=m.d_model, intermediate_size=d_ff, num_hidden_layers=m.n_layers,
+        num_attention_heads=m.n_heads, num_key_value_heads=n_kv, head_dim=head_dim,
+        max_position_embeddings=m.context_length, initializer_range=m.init_std, rms_norm_eps=cfg.norm.eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.pos.theta)},
+        tie_word_embeddings=m.tie_embeddings, attention_dropout=m.dropout, **tokens)
+    if family == "llama" and window is None:
+        return transformers.LlamaConfig(hidden_act=GATED_ACT[cfg.ffn.name], attention_bias=m.bias,
+                                        mlp_bias=m.bias, **common)
+    if family == "llama":
+        return transformers.MistralConfig(hidden_act=GATED_ACT[cfg.ffn.name], sliding_window=window, **common)
+    if family == "mixtral":
+        return transformers.MixtralConfig(hidden_act=GATED_ACT[cfg.ffn.name], num_local_experts=cfg.moe.n_experts,
+                                          num_experts_per_tok=cfg.moe.top_k, sliding_window=window,
+                                          router_jitter_noise=0.0, **common)
+    # gemma2: one attention pattern for every layer (ours is per model); the scale is head_dim^-1/2
+    layer = "sliding_attention" if window else "full_attention"
+    return transformers.Gemma2Config(
+        hidden_activation=GATED_ACT[cfg.ffn.name], query_pre_attn_scalar=head_dim,
+        sliding_window=window or m.context_length, layer_types=[layer] * m.n_layers,
+        attn_logit_softcapping=cfg.softcap.attn, final_logit_softcapping=cfg.softcap.logits,
+        attention_bias=False, **common)
+
+
+def _split_rows(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    return [part.contiguous() for part in t.split(sizes, dim=0)]
+
+
+def to_hf_state_dict(model: Transformer, cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """Our state_dict renamed and reshaped to the HF model's keys (family from `hf_family(cfg)`)."""
+    family = hf_family(cfg)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    m = cfg.model
+    d, n_kv = m.d_model, m.n_kv_heads or m.n_heads
+    kv = n_kv * (d // m.n_heads)
+    d_ff = model.d_ff
+    out: dict[str, torch.Tensor] = {}
+
+    if family == "gpt2":
+        def norm(ours: str, theirs: str) -> None:
+            out[f"{theirs}.weight"] = sd[f"{ours}.weight"]
+            out[f"{theirs}.bias"] = sd.get(f"{ours}.bias", torch.zeros(d))
+
+        def conv(ours: str, theirs: str, width: int) -> None:  # Conv1D: weight (in, out)
+            out[f"{theirs}.weight"] = sd[f"{ours}.weight"].t().contiguous()
+            out[f"{theirs}.bias"] = sd.get(f"{ours}.bias", torch.zeros(width))
+
+        out["transformer.wte.weight"] = sd["embed.weight"]
+        out["transformer.wpe.weight"] = sd["pos.weight"]
+        for i in range(m.n_layers):
+            ours, theirs = f"blocks.{i}", f"transformer.h.{i}"
+            norm(f"{ours}.attn_residual.input_norm", f"{theirs}.ln_1")
+            conv(f"{ours}.attn.qkv", f"{theirs}.attn.c_attn", 3 * d)
+            conv(f"{ours}.attn.out", f"{theirs}.attn.c_proj", d)
+            norm(f"{ours}.mlp_residual.input_norm", f"{theirs}.ln_2")
+            conv(f"{ours}.mlp.up", f"{theirs}.mlp.c_fc", d_ff)
+            conv(f"{ours}.mlp.down", f"{theirs}.mlp.c_proj", d)
+        norm("final_norm", "transformer.ln_f")
+        out["lm_head.weight"] = sd["head.weight"]
+        return out
+
+    gain = (lambda w: w - 1.0) if family == "gemma2" else (lambda w: w)  # Gemma: (1 + w) x / rms(x)
+    out["model.embed_tokens.weight"] = sd["embed.weight"]
+    for i in range(m.n_layers):
+        ours, theirs = f"blocks.{i}", f"model.layers.{i}"
+        for kind in ("weight", "bias"):
+            if f"{ours}.attn.qkv.{kind}" in sd:
+                q, k, v = _split_rows(sd[f"{ours}.attn.qkv.{kind}"], [d, kv, kv])
+                out.update({f"{theirs}.self_attn.q_proj.{kind}": q, f"{theirs}.self_attn.k_proj.{kind}": k,
+                            f"{theirs}.self_attn.v_proj.{kind}": v,
+                            f"{theirs}.self_attn.o_proj.{kind}": sd[f"{ours}.attn.out.{kind}"]})
+        norms = {"attn_residual.input_norm": "input_layernorm"}
+        if family == "gemma2":
+            norms.update({"attn_residual.output_norms.0": "post_attention_layernorm",
+                          "mlp_residual.input_norm": "pre_feedforward_layernorm",
+                          "mlp_residual.output_norms.0": "post_feedforward_layernorm"})
+        else:
+            norms["mlp_residual.input_norm"] = "post_attention_layernorm"
+        for a, b in norms.items():
+            out[f"{theirs}.{b}.weight"] = gain(sd[f"{ours}.{a}.weight"])
+        if family == "mixtral":
+            n_experts = cfg.moe.n_experts
+            out[f"{theirs}.mlp.gate.weight"] = sd[f"{ours}.mlp.router.weight"]
+            out[f"{theirs}.mlp.experts.gate_up_proj"] = torch.stack(
+                [sd[f"{ours}.mlp.experts.{e}.gate_up.weight"] for e in range(n_experts)])  # [gate; up] rows both
+            out[f"{theirs}.mlp.experts.down_proj"] = torch.stack(
+                [sd[f"{ours}.mlp.experts.{e}.down.weight"] for e in range(n_experts)])
+        else:
+            for kind in ("weight", "bias"):
+                if f"{ours}.mlp.gate_up.{kind}" in sd:
+                    gate, up = _split_rows(sd[f"{ours}.mlp.gate_up.{kind}"], [d_ff, d_ff])
+                    out.update({f"{theirs}.mlp.gate_proj.{kind}": gate, f"{theirs}.mlp.up_proj.{kind}": up,
+                                f"{theirs}.mlp.down_proj.{kind}": sd[f"{ours}.mlp.down.{kind}"]})
+    out["model.norm.weight"] = gain(sd["final_norm.weight"])
+    out["lm_head.weight"] = sd["head.weight"]
+    return out
+
+
+def to_hf(model: Transformer, cfg: DictConfig | None = None, *, bos_token_id: int | None = None,
+          eos_token_id: int | None = None):
+    """A transformers model (eval mode, float32) that computes the same logits as `model`."""
+    cfg = model.cfg if cfg is None else cfg
+    config = hf_config(cfg, model.vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    transformers = require_transformers()
+    if config.model_type == "gemma2":
+        config._attn_implementation = "eager"  # soft-capping needs the eager kernel (HF's own advice)
+    state = to_hf_state_dict(model, cfg)
+    hf_model = getattr(transformers, HF_CLASS[config.model_type])(config)
+    hf_model.load_state_dict(state, strict=True)
+    return hf_model.float().eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# HF -> ours
+def _ffn_size(d_model: int, d_ff: int) -> dict[str, Any]:
+    for multiple_of in (8, 1):
+        ratio = d_ff / d_model
+        if hidden_size(d_model, ratio, multiple_of) == d_ff:
+            return {"d_ff_ratio": ratio, "multiple_of": multiple_of}
+    raise NotExpressible(f"intermediate_size={d_ff} cannot be expressed as ffn.d_ff_ratio * d_model={d_model}")
+
+
+def _refuse(ok: bool, what: str) -> None:
+    if not ok:
+        raise NotExpressible(f"this Hugging Face model has no exact ablate equivalent: {what}.")
+
+
+def config_from_hf(config) -> DictConfig:
+    """Our composed config (architecture groups; data/optim/train at their defaults) for an HF config."""
+    kind = config.model_type
+    _refuse(kind in ("llama", "mistral", "mixtral", "gemma2", "gpt2"),
+            f"model_type={kind!r}; supported: llama, mistral, mixtral, gemma2, gpt2")
+    tree: dict[str, Any] = {"softcap": {"name": "off", "attn": None, "logits": None},
+                            "qk_norm": {"name": "off"}, "z_loss": {"name": "off", "coef": 0.0},
+                            "block": {"name": "serial"}, "attn": {"name": "full", "window": None, "stride": None}}
+    if kind == "gpt2":
+        act = config.activation_function
+        _refuse(act in PLAIN_FROM_HF, f"activation_function={act!r}; supported: {', '.join(PLAIN_FROM_HF)}")
+        _refuse(config.scale_attn_weights and not config.scale_attn_by_inverse_layer_idx,
+                "scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True (attention scale differs)")
+        _refuse(not getattr(config, "add_cross_attention", False), "add_cross_attention=True")
+        d = config.n_embd
+        d_ff = config.n_inner or 4 * d
+        tree.update(
+            model={"name": "from_hf", "d_model": d, "n_layers": config.n_layer, "n_heads": config.n_head,
+                   "n_kv_heads": None, "context_length": config.n_positions,
+                   "tie_embeddings": bool(config.tie_word_embeddings), "dropout": float(config.resid_pdrop),
+                   "bias": True, "init_std": config.initializer_range, "scale_embeddings": False},
+            norm={"name": "ln", "eps": config.layer_norm_epsilon}, norm_pos={"name": "pre"},
+            ffn={"name": PLAIN_FROM_HF[act], **_ffn_size(d, d_ff)}, pos={"name": "learned"}, moe={"name": "off"})
+    else:
+        act = config.hidden_activation if kind == "gemma2" else config.hidden_act
+        _refuse(act in GATED_FROM_HF, f"hidden_act={act!r}; supported: {', '.join(GATED_FROM_HF)}")
+        d, n_heads = config.hidden_size, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or d // n_heads
+        _refuse(head_dim * n_heads == d, f"head_dim={head_dim} x num_attention_heads={n_heads} != hidden_size={d} "
+                                         f"(ablate ties head_dim to d_model / n_heads)")
+        rope = getattr(config, "rope_parameters", None) or {}
+        _refuse(rope.get("rope_type", "default") == "default",
+                f"rope_parameters.rope_type={rope.get('rope_type')!r} (only plain RoPE)")
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        mlp_bias = bool(getattr(config, "mlp_bias", False))
+        context = config.max_position_embeddings
+        window = getattr(config, "sliding_window", None)
+        if kind == "gemma2":
+            _refuse(config.query_pre_attn_scalar == head_dim,
+                    f"query_pre_attn_scalar={config.query_pre_attn_scalar} != head_dim={head_dim} "
+                    f"(ablate scales scores by head_dim^-1/2)")
+            _refuse(not getattr(config, "use_bidirectional_attention", None), "use_bidirectional_attention=True")
+            _refuse(not attention_bias, "attention_bias=True (Gemma 2's MLP has none, ablate biases all or none)")
+            types = set(config.layer_types)
+            if types == {"sliding_attention"}:
+                tree["attn"] = {"name": "sliding_window", "window": window, "stride": None}
+            elif "sliding_attention" in types and window is not None and window < context:
+                context = window  # alternating local/global layers agree with full attention up to the window
+            tree["softcap"] = {"name": "on", "attn": config.attn_logit_softcapping,
+                               "logits": config.final_logit_softcapping}
+        elif window is not None and window < context:
+            tree["attn"] = {"name": "sliding_window", "window": window, "stride": None}
+        if kind == "mixtral":
+            tree["moe"] = {"name": "topk", "n_experts": config.num_local_experts,
+                           "top_k": config.num_experts_per_tok, "n_shared": 0, "granularity": 1,
+                           "router_z_loss": 0.0}
+        else:
+            tree["moe"] = {"name": "off"}
+        tree.update(
+            model={"name": "from_hf", "d_model": d, "n_layers": config.num_hidden_layers, "n_heads": n_heads,
+                   "n_kv_heads": config.num_key_value_heads if config.num_key_value_heads != n_heads else None,
+                   "context_length": context, "tie_embeddings": bool(config.tie_word_embeddings),
+                   "dropout": 0.0, "bias": attention_bias or mlp_bias, "init_std": config.initializer_range,
+                   "scale_embeddings": kind == "gemma2"},
+            norm={"name": "rms", "eps": config.rms_norm_eps},
+            norm_pos={"name": "double" if kind == "gemma2" else "pre"},
+            ffn={"name": GATED_FROM_HF[act], **_ffn_size(d, config.intermediate_size)},
+            pos={"name": "rope", "theta": float(rope.get("rope_theta", 10000.0))})
+    tree["tokenizer"] = {"vocab_size": config.vocab_size}
+    return OmegaConf.merge(OmegaConf.structured(Config), tree)
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: DictConfig, model_type: str,
+                       template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF weights renamed to our keys; `template` (our fresh state_dict) gives the keys and shapes
+    that must be filled (missing HF biases become zeros)."""
+    sd = {k: v.detach().clone() for k, v in hf_state.items()}
+    m = cfg.model
+    out: dict[str, torch.Tensor] = {}
+
+    def put(key: str, value: torch.Tensor | None) -> None:
+        if key in template:
+            out[key] = torch.zeros_like(template[key]) if value is None else value
+
+    if model_type == "gpt2":
+        put("embed.weight", sd["transformer.wte.weight"])
+        put("pos.weight", sd["transformer.wpe.weight"])
+        for i in range(m.n_layers):
+            ours, theirs = f"blocks.{i}", f"transformer.h.{i}"
+            for a, b, conv in (("attn_residual.input_norm", "ln_1", False), ("attn.qkv", "attn.c_attn", True),
+                               ("attn.out", "attn.c_proj", True), ("mlp_residual.input_norm", "ln_2", False),
+                               ("mlp.up", "mlp.c_fc", True), ("mlp.down", "mlp.c_proj", True)):
+                weight = sd[f"{theirs}.{b}.weight"]
+                put(f"{ours}.{a}.weight", weight.t().contiguous() if conv else weight)
+                put(f"{ours}.{a}.bias", sd[f"{theirs}.{b}.bias"])
+        put("final_norm.weight", sd["transformer.ln_f.weight"])
+        put("final_norm.bias", sd["transformer.ln_f.bias"])
+        put("head.weight", sd.get("lm_head.weight", sd["transformer.wte.weight"]))
+        return out
+
+    gain = (lambda w: w + 1.0) if model_type == "gemma2" else (lambda w: w)
+    put("embed.weight", sd["model.embed_tokens.weight"])
+    for i in range(m.n_layers):
+        ours, theirs = f"blocks.{i}", f"model.layers.{i}"
+        attn = f"{theirs}.self_attn"
+        put(f"{ours}.attn.qkv.weight", torch.cat([sd[f"{attn}.{p}_proj.weight"] for p in "qkv"]))
+        put(f"{ours}.attn.out.weight", sd[f"{attn}.o_proj.weight"])
+        if f"{attn}.q_proj.bias" in sd:
+            put(f"{ours}.attn.qkv.bias", torch.cat([sd[f"{attn}.{p}_proj.bias"] for p in "qkv"]))
+            put(f"{ours}.attn.out.bias", sd.get(f"{attn}.o_proj.bias"))
+        else:
+            put(f"{ours}.attn.qkv.bias", None)
+            put(f"{ours}.attn.out.bias", None)
+        norms = {"attn_residual.input_norm": "input_layernorm"}
+        if model_type == "gemma2":
+            norms.update({"attn_residual.output_norms.0": "post_attention_layernorm",
+                          "mlp_residual.input_norm": "pre_feedforward_layernorm",
+                          "mlp_residual.output_norms.0": "post_feedforward_layernorm"})
+        else:
+            norms["mlp_residual.input_norm"] = "post_attention_layernorm"
+        for a, b in norms.items():
+            put(f"{ours}.{a}.weight", gain(sd[f"{theirs}.{b}.weight"]))
+        mlp = f"{theirs}.mlp"
+        if model_type == "mixtral":
+            put(f"{ours}.mlp.router.weight", sd[f"{mlp}.gate.weight"])
+            for e in range(cfg.moe.n_experts):
+                put(f"{ours}.mlp.experts.{e}.gate_up.weight", sd[f"{mlp}.experts.gate_up_proj"][e].contiguous())
+                put(f"{ours}.mlp.experts.{e}.down.weight", sd[f"{mlp}.experts.down_proj"][e].contiguous())
+        else:
+            put(f"{ours}.mlp.gate_up.weight", torch.cat([sd[f"{mlp}.gate_proj.weight"], sd[f"{mlp}.up_proj.weight"]]))
+            put(f"{ours}.mlp.down.weight", sd[f"{mlp}.down_proj.weight"])
+            if f"{mlp}.gate_proj.bias" in sd:
+                put(f"{ours}.mlp.gate_up.bias", torch.cat([sd[f"{mlp}.gate_proj.bias"], sd[f"{mlp}.up_proj.bias"]]))
+                put(f"{ours}.mlp.down.bias", sd[f"{mlp}.down_proj.bias"])
+            else:
+                put(f"{ours}.mlp.gate_up.bias", None)
+                put(f"{ours}.mlp.down.bias", None)
+    put("final_norm.weight", gain(sd["model.norm.weight"]))
+    put("head.weight", sd.get("lm_head.weight", sd["model.embed_tokens.weight"]))
+    return out
+
+
+def from_hf(hf_model: Any) -> tuple[Transformer, DictConfig]:
+    """(our Transformer in eval mode, its config) computing the same logits as `hf_model`
+    (a transformers causal LM, or a path / hub id for AutoModelForCausalLM.from_pretrained)."""
+    if isinstance(hf_model, (str, Path)):
+        transformers = require_transformers()
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_model))
+    config = hf_model.config
+    cfg = config_from_hf(config)
+    model = Transformer(cfg, config.vocab_size)
+    state = from_hf_state_dict(hf_model.state_dict(), cfg, config.model_type, model.state_dict())
+    model.load_state_dict(state, strict=True)
+    return model.eval(), cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer: ablate's byte-level BPE as a transformers fast tokenizer
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, which byte-level BPE files store tokens in."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def hf_tokenizer(tokenizer: Any):
+    """ablate's tokenizer (bytes 0..255, <|endoftext|> = 256, merge k = 257 + k, GPT-2 pre-tokenization)
+    as a `PreTrainedTokenizerFast` with the same ids: a byte-level BPE whose merges are replayed by
+    rank, exactly as ablate applies them. NotExpressible if two ids spell the same bytes."""
+    transformers = require_transformers()
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as FastTokenizer
+
+    from ablate.tokenizer import EOT
+
+    table = _bytes_to_unicode()
+    strings = ["".join(table[b] for b in tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)]
+    strings[tokenizer.eot_id] = EOT
+    if len(set(strings)) != len(strings):
+        raise NotExpressible("tokenizer: two token ids spell the same bytes, which a Hugging Face BPE "
+                             "vocabulary (one id per string) cannot hold")
+    bpe = models.BPE(vocab={s: i for i, s in enumerate(strings)},
+                     merges=[(strings[a], strings[b]) for a, b in tokenizer.merges])
+    fast = FastTokenizer(bpe)
+    fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    fast.decoder = decoders.ByteLevel()
+    fast.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=fast, bos_token=EOT, eos_token=EOT,
+                                                model_max_length=None)
+
+
+__all__ = ["NotExpressible", "TransformersMissing", "config_from_hf", "from_hf", "hf_config", "hf_family",
+           "hf_tokenizer", "require_transformers", "to_hf", "to_hf_state_dict"]
