@@ -22,10 +22,11 @@ class NoLogger:
 
 
 def wandb_mode() -> str:
-    """WANDB_MODE when set; else online with an API key configured, offline without one."""
+    """WANDB_MODE when set; else online with an API key configured (or under a W&B sweep agent,
+    which must report back), offline without one."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_SWEEP_ID"):
         return "online"
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     return "online" if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore") else "offline"

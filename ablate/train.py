@@ -219,7 +219,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
     }
     logger = build("logger", cfg.logger.name, run_dir=run_dir, group=group or "single-runs",
-                   run_name=",".join(overrides or []) or "default",
+                   run_name=",".join(o for o in overrides or [] if not o.startswith("hydra")) or "default",
                    tags=[f"{k}={v}" for k, v in sorted(choices.items())],
                    config=OmegaConf.to_container(cfg, resolve=True), **knobs(cfg.logger))
     metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=run.step)

@@ -1,4 +1,5 @@
-"""Build `<sweep_dir>/report/`: results.csv, report.md, loss_curves.png, final_loss.png.
+"""Build `<sweep_dir>/report/`: results.csv, report.md, index.html, loss_curves.png,
+final_loss.png, throughput.png.
 
 Works on sweeps that are still running or partly failed: nothing is silently dropped.
 Lives apart from `analysis.report` (the CLI) so that `python -m analysis.report` does not find
@@ -13,8 +14,9 @@ from omegaconf import OmegaConf
 
 from analysis.atomic import write_text
 from analysis.collect import REPORT_DIRNAME, find_runs, load_curves, load_results, swept_axes
-from analysis.markdown import render
-from analysis.stats import axis_table, choose_metric, config_table
+from analysis.html import to_html
+from analysis.markdown import document, to_markdown
+from analysis.stats import choose_metric, config_table, ranked_tables
 
 
 class NoRunsError(FileNotFoundError):
@@ -91,12 +93,7 @@ def build_report(sweep_dir: str | os.PathLike[str]) -> Path:
     curves = load_curves(sweep)
     axes = swept_axes(df)
     metric, reason = choose_metric(df)
-
-    if axes:
-        tables = {a: axis_table(df, a, axes, metric) for a in axes}
-    else:  # one configuration (a single run or a seed-only sweep): still aggregate the seeds
-        df_all = df.assign(configuration="all runs")
-        tables = {"configuration": axis_table(df_all, "configuration", [], metric)}
+    tables = ranked_tables(df, axes, metric)
     configs = config_table(df, axes, metric) if len(axes) > 1 else None
 
     from analysis import plots  # lazy: matplotlib costs ~1 s, not needed to report an error
@@ -106,9 +103,13 @@ def build_report(sweep_dir: str | os.PathLike[str]) -> Path:
     csv = df.assign(overrides=df["overrides"].map(" ".join))
     write_text(out / "results.csv", csv.to_csv(index=False))
     note = _jobs_note(sweep, len(runs)) if not (sweep / ".hydra").is_dir() else ""
-    markdown = render(str(sweep.resolve()), df, axes, metric, reason,
+    blocks = document(str(sweep.resolve()), df, axes, metric, reason,
                       tables, configs, note)
-    write_text(out / "report.md", markdown)
+    write_text(out / "report.md", to_markdown(blocks))
+    per_axis = tables if axes else {}
     plots.plot_loss_curves(df, curves, axes, metric, out / "loss_curves.png")
-    plots.plot_final(df, tables if axes else {}, metric, out / "final_loss.png")
+    plots.plot_final(df, per_axis, metric, out / "final_loss.png")
+    plots.plot_throughput(df, per_axis, axes, metric, out / "throughput.png")
+    # Last, so that the figures it shows exist when it appears.
+    write_text(out / "index.html", to_html(blocks, title=f"Sweep report: {sweep.resolve().name}"))
     return out

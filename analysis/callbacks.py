@@ -22,7 +22,8 @@ class SweepReport(Callback):
 
             sweep_dir = Path(str(config.hydra.sweep.dir))
             out = build_report(sweep_dir)
-            print(f"[analysis] sweep report: {out / 'report.md'}")
+            print(f"[analysis] sweep report: {out / 'report.md'} "
+                  f"(in a browser: {out / 'index.html'})")
         except Exception:
             print("[analysis] could not build the sweep report (the sweep itself is fine):")
             traceback.print_exc()

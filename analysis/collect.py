@@ -181,6 +181,11 @@ def _fill_from_metrics(row: dict[str, Any], metrics: list[dict[str, Any]]) -> No
         row["steps"] = last.get("step")
         row["tokens_seen"] = last.get("tokens")
         row["wall_time_s"] = last.get("elapsed_s")
+    speeds = [m["tokens_per_s"] for m in metrics if _is_num(m.get("tokens_per_s"))]
+    if speeds:  # median of the logged intervals: robust to a slow first (warm-up) interval
+        speeds.sort()
+        mid = len(speeds) // 2
+        row["tokens_per_s"] = speeds[mid] if len(speeds) % 2 else (speeds[mid - 1] + speeds[mid]) / 2
 
 
 def load_results(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:

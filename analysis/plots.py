@@ -1,21 +1,45 @@
-"""Figures of a sweep report: loss curves and final metric per option."""
+"""Report figures: validation curves (against steps and wall-clock time), the final metric per
+option, and throughput per option.
+
+Each `*_figure` function returns a matplotlib Figure (for notebooks: `to_png(fig)`), each
+`plot_*` function writes one PNG atomically. Figures are built without pyplot, so nothing here
+selects a backend or keeps global state: it works headless (cluster login nodes, CI) and inside
+Jupyter alike.
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: reports are built on cluster login nodes and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.atomic import save_figure  # noqa: E402
-from analysis.collect import RUNNING  # noqa: E402
-from analysis.stats import COMPLETED, DIVERGED, usable  # noqa: E402
+from analysis.atomic import save_figure
+from analysis.collect import RUNNING
+from analysis.stats import COMPLETED, DIVERGED, usable
 
 MAX_CONFIG_COLOURS = 10  # beyond this, colour by the first axis only: more is unreadable
 CURVE_COLUMN = {"final_val_loss": "val_loss", "val_bpb": "val_bpb"}
+LABELS = {
+    "val_loss": "validation loss (nats/token)",
+    "final_val_loss": "final validation loss (nats/token)",
+    "val_bpb": "validation bits per byte",
+    "tokens_per_s": "training throughput (tokens/s)",
+}
+COLOURS = colormaps["tab10"]
+
+
+def label(column: str) -> str:
+    return LABELS.get(column, column.replace("_", " "))
+
+
+def to_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (e.g. `IPython.display.Image(to_png(fig))`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def curve_groups(df: pd.DataFrame, axes: list[str]) -> pd.Series:
@@ -49,18 +73,22 @@ def _run_curves(curves: pd.DataFrame, run: str, x: str, y: str) -> tuple[np.ndar
     return c[x].to_numpy(float), c[y].to_numpy(float)
 
 
-def plot_loss_curves(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str], metric: str,
-                     path: Path) -> None:
+def loss_curves_figure(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str],
+                       metric: str) -> Figure:
+    """Validation metric against training step (left) and wall-clock seconds (right): one
+    colour per option, each run (seed) a thin line, the mean of completed runs thick."""
     y = CURVE_COLUMN.get(metric, "val_loss")
     labels = curve_groups(df, axes)
-    colours = plt.get_cmap("tab10")
-    fig, panels = plt.subplots(1, 2, figsize=(13, 5))
-    for panel, (x, xlabel) in zip(panels, [("step", "step"), ("elapsed_s", "wall-clock (s)")]):
+    fig = Figure(figsize=(14, 5.5))
+    panels = fig.subplots(1, 2)
+    for panel, (x, xlabel, what) in zip(panels, [
+            ("step", "training step", "step"),
+            ("elapsed_s", "wall-clock time since training start (s)", "wall-clock time")]):
         drawn = False
         diverged = []
-        for i, label in enumerate(dict.fromkeys(labels)):
-            colour = colours(i % 10)
-            runs = df[labels == label]
+        for i, group in enumerate(dict.fromkeys(labels)):
+            colour = COLOURS(i % 10)
+            runs = df[labels == group]
             completed, partial = [], []
             for _, run in runs.iterrows():
                 cx, cy = _run_curves(curves, run["run"], x, y)
@@ -79,8 +107,9 @@ def plot_loss_curves(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str], me
             mean_inputs = completed or partial
             if mean_inputs:
                 gx, gy = _mean_curve(mean_inputs)
+                kind = "mean" if completed else "mean so far"
                 panel.plot(gx, gy, color=colour, lw=2.5,
-                           label=f"{label} (mean of {len(mean_inputs)})")
+                           label=f"{group} ({kind} of {len(mean_inputs)})")
         if drawn:
             limits = panel.get_ylim()  # keep diverged runs from blowing up the scale
             for cx, cy, colour in diverged:
@@ -92,50 +121,131 @@ def plot_loss_curves(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str], me
         if diverged:
             panel.plot([], [], color="grey", ls=":", label="diverged run")
         panel.set_xlabel(xlabel)
-        panel.set_ylabel(y.replace("_", " "))
-        panel.set_title(f"{y} vs {xlabel} (thin: one seed, thick: mean)")
+        panel.set_ylabel(label(y))
+        panel.set_title(f"{label(y)} vs {what}")
         panel.grid(alpha=0.3)
         if panel.get_legend_handles_labels()[0]:
-            panel.legend(fontsize=8)
+            panel.legend(fontsize=8, title=", ".join(axes) if axes else None, title_fontsize=8)
+    fig.suptitle("Validation curves: thin line = one run (seed), thick line = mean over "
+                 "completed runs", fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    return fig
 
 
-def plot_final(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
+def _per_option_panel(panel, df: pd.DataFrame, axis: str, table: pd.DataFrame | None,
+                      column: str, ok: pd.Series, rng: np.random.Generator) -> list[str]:
+    """Dots per run and mean ± std over `ok` runs of `column`, one x position per option."""
+    options = list(table["option"]) if table is not None else ["all runs"]
+    labelled = set()
+    for i, option in enumerate(options):
+        in_option = (pd.Series(True, index=df.index) if table is None
+                     else df[axis].astype("string") == str(option))
+        values = pd.to_numeric(df[column], errors="coerce")
+        vals = values[in_option & ok].dropna().to_numpy(float)
+        vals = vals[np.isfinite(vals)]
+        others = values[in_option & ~ok].dropna().to_numpy(float)
+        others = others[np.isfinite(others)]
+        if vals.size:
+            panel.scatter(i + rng.uniform(-0.12, 0.12, vals.size), vals, s=18,
+                          color="tab:blue", alpha=0.7, zorder=3,
+                          label=None if "run" in labelled else "one run (seed)")
+            std = vals.std(ddof=1) if vals.size >= 2 else 0.0
+            panel.errorbar(i, vals.mean(), yerr=std, fmt="o", color="black", ms=8, capsize=6,
+                           zorder=4, label=None if "mean" in labelled else "mean ± std")
+            labelled |= {"run", "mean"}
+        if others.size:
+            panel.scatter(i + rng.uniform(-0.12, 0.12, others.size), others, s=22,
+                          facecolors="none", edgecolors="grey", zorder=2,
+                          label=None if "other" in labelled else "not completed (not in mean)")
+            labelled.add("other")
+    panel.set_xticks(range(len(options)), [str(o) for o in options])
+    panel.set_xlim(-0.6, len(options) - 0.4)
+    return options
+
+
+def final_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str) -> Figure:
     """Per swept axis a subplot: mean ± std per option and each seed as a dot."""
     ok = usable(df, metric)
     items = list(tables.items()) or [("all runs", None)]
-    fig, panels = plt.subplots(1, len(items), figsize=(max(5.0, 4.5 * len(items)), 4.5),
-                               squeeze=False)
+    fig = Figure(figsize=(max(5.5, 4.8 * len(items)), 4.8))
+    panels = fig.subplots(1, len(items), squeeze=False)
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
     for panel, (axis, table) in zip(panels[0], items):
-        labelled = False
-        options = list(table["option"]) if table is not None else ["all runs"]
+        ranked = df.assign(**{metric: df[metric].where(ok)})  # only usable runs as dots
+        options = _per_option_panel(panel, ranked, axis, table, metric, ok, rng)
         for i, option in enumerate(options):
-            mask = ok if table is None else ok & (df[axis].astype("string") == str(option))
-            vals = df.loc[mask, metric].to_numpy(float)
-            if vals.size:
-                panel.scatter(i + rng.uniform(-0.12, 0.12, vals.size), vals, s=18,
-                              color="tab:blue", alpha=0.7, zorder=3,
-                              label=None if labelled else "one run (seed)")
-                std = vals.std(ddof=1) if vals.size >= 2 else 0.0
-                panel.errorbar(i, vals.mean(), yerr=std, fmt="o", color="black", ms=8,
-                               capsize=6, zorder=4, label=None if labelled else "mean ± std")
-                labelled = True
             n_div = 0 if table is None else int(
                 table.loc[table["option"] == option, "n_diverged"].sum())
             if n_div:
                 panel.annotate(f"{n_div} diverged", (i, 0.02), xycoords=("data", "axes fraction"),
                                ha="center", color="tab:red", fontsize=8)
-        panel.set_xticks(range(len(options)), [str(o) for o in options])
-        panel.set_xlim(-0.6, len(options) - 0.4)
         panel.set_xlabel(axis + (" (ranked best first)" if table is not None else ""))
-        panel.set_ylabel(metric)
-        panel.set_title(f"{metric} by {axis}")
+        panel.set_ylabel(label(metric))
+        panel.set_title(f"{metric} by {axis} (lower is better)")
         panel.grid(alpha=0.3, axis="y")
         if panel.get_legend_handles_labels()[0]:
             panel.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    return fig
+
+
+def throughput_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: list[str],
+                      metric: str) -> Figure:
+    """Tokens/s per option for each swept axis (dots: runs, black: mean ± std of completed
+    runs), and a last panel with the final metric against tokens/s (one colour per option;
+    big marker: the option's mean ± std on both axes)."""
+    completed = (df["status"] == COMPLETED) & pd.to_numeric(df["tokens_per_s"],
+                                                             errors="coerce").notna()
+    items = list(tables.items()) or [("all runs", None)]
+    fig = Figure(figsize=(max(11.0, 4.8 * (len(items) + 1)), 4.8))
+    panels = fig.subplots(1, len(items) + 1, squeeze=False)[0]
+    rng = np.random.default_rng(0)
+    for panel, (axis, table) in zip(panels, items):
+        _per_option_panel(panel, df, axis, table, "tokens_per_s", completed, rng)
+        panel.set_xlabel(axis + (" (ranked by " + metric + ")" if table is not None else ""))
+        panel.set_ylabel(label("tokens_per_s"))
+        panel.set_title(f"throughput by {axis} (higher is faster)")
+        panel.grid(alpha=0.3, axis="y")
+        if panel.get_legend_handles_labels()[0]:
+            panel.legend(fontsize=8)
+
+    panel = panels[-1]
+    ok = usable(df, metric) & pd.to_numeric(df["tokens_per_s"], errors="coerce").notna()
+    groups = curve_groups(df, axes)
+    for i, group in enumerate(dict.fromkeys(groups)):
+        runs = df[ok & (groups == group)]
+        if runs.empty:
+            continue
+        x = runs["tokens_per_s"].to_numpy(float)
+        y = runs[metric].to_numpy(float)
+        colour = COLOURS(i % 10)
+        panel.scatter(x, y, s=16, color=colour, alpha=0.5, zorder=2)
+        sx = x.std(ddof=1) if x.size >= 2 else 0.0
+        sy = y.std(ddof=1) if y.size >= 2 else 0.0
+        panel.errorbar(x.mean(), y.mean(), xerr=sx, yerr=sy, fmt="o", ms=9, color=colour,
+                       mec="black", capsize=4, zorder=3, label=f"{group} (n={len(runs)})")
+    if not ok.any():
+        panel.text(0.5, 0.5, "no completed runs yet", ha="center", va="center",
+                   transform=panel.transAxes)
+    panel.set_xlabel(label("tokens_per_s"))
+    panel.set_ylabel(label(metric))
+    panel.set_title(f"{metric} vs throughput (best: bottom right)")
+    panel.grid(alpha=0.3)
+    if panel.get_legend_handles_labels()[0]:
+        panel.legend(fontsize=8, title="mean ± std per option", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curves(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str], metric: str,
+                     path: Path) -> None:
+    save_figure(loss_curves_figure(df, curves, axes, metric), path)
+
+
+def plot_final(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
+    save_figure(final_figure(df, tables, metric), path)
+
+
+def plot_throughput(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: list[str],
+                    metric: str, path: Path) -> None:
+    save_figure(throughput_figure(df, tables, axes, metric), path)

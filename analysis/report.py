@@ -1,5 +1,8 @@
 """CLI: `python -m analysis.report DIR` writes DIR/report/ and prints report.md.
 
+DIR/report/ holds results.csv, report.md, index.html (the same report for a browser, with the
+figures) and loss_curves.png, final_loss.png, throughput.png.
+
 DIR is a Hydra multirun dir (multirun/DATE/TIME) or a single run dir. Exit status 2 when DIR
 holds no runs.
 """
@@ -17,8 +20,9 @@ __all__ = ["NoRunsError", "build_report", "expected_jobs", "main"]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.report",
-        description="Build DIR/report/ (results.csv, report.md, loss_curves.png, "
-                    "final_loss.png) from a Hydra multirun dir or a single run dir.")
+        description="Build DIR/report/ (results.csv, report.md, index.html, loss_curves.png, "
+                    "final_loss.png, throughput.png) from a Hydra multirun dir or a single run "
+                    "dir; works while a sweep is still running or after some runs failed.")
     parser.add_argument("dir", type=Path, help="sweep dir (multirun/DATE/TIME) or run dir")
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {out}")
     print()
     print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"open in a browser: {(out / 'index.html').resolve().as_uri()}")
     return 0
 
 

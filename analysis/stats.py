@@ -113,6 +113,15 @@ def config_table(df: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFrame
     return aggregate(df, axes, metric, [])
 
 
+def ranked_tables(df: pd.DataFrame, axes: list[str], metric: str) -> dict[str, pd.DataFrame]:
+    """The report's ranked tables: one per swept axis; with no swept axis (one run, or a
+    seed-only sweep) a single table `configuration` that still aggregates the seeds."""
+    if axes:
+        return {a: axis_table(df, a, axes, metric) for a in axes}
+    df_all = df.assign(configuration="all runs")
+    return {"configuration": axis_table(df_all, "configuration", [], metric)}
+
+
 @dataclass
 class Verdict:
     winner: str | None

@@ -2,20 +2,25 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from analysis import build_report, find_runs, load_curves, load_results, swept_axes
+from analysis import (build_report, choose_metric, find_runs, load_curves, load_results,
+                      ranked_tables, swept_axes)
+from analysis import plots
 from analysis.callbacks import SweepReport
 from analysis.report import expected_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNGS = ("loss_curves.png", "final_loss.png", "throughput.png")
 GROUPS = ["model", "norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap",
           "z_loss", "moe", "data", "tokenizer", "optim", "schedule", "logger"]
 DEFAULTS = {"model": "nano", "norm": "rms", "pos": "rope", "tokenizer": "bpe"}
@@ -24,7 +29,7 @@ DEFAULTS = {"model": "nano", "norm": "rms", "pos": "rope", "tokenizer": "bpe"}
 def make_run(path: Path, overrides: dict[str, str], loss: float | None, *,
              status: str | None = "completed", error: str | None = None,
              bpb: float | None = None, params: int = 1_000_000, flops: float = 6e6,
-             vocab: int = 2048, partial: bool = False) -> None:
+             vocab: int = 2048, partial: bool = False, tps: float = 1e4) -> None:
     """One run dir; `status=None` writes no summary.json (a run still in progress)."""
     choices = {g: overrides.get(g, DEFAULTS.get(g, "x")) for g in GROUPS}
     seed = int(overrides.get("train.seed", 0))
@@ -38,7 +43,7 @@ def make_run(path: Path, overrides: dict[str, str], loss: float | None, *,
     lines = []
     for step in (0, 50, 100):
         row = {"step": step, "tokens": step * 1000, "train_loss": 5.0, "lr": 1e-3,
-               "grad_norm": 1.0, "tokens_per_s": 1e4, "elapsed_s": step * 0.1 + seed * 0.01}
+               "grad_norm": 1.0, "tokens_per_s": tps, "elapsed_s": step * 0.1 + seed * 0.01}
         if loss is not None:
             row.update(val_loss=loss + (100 - step) / 50, val_bpb=(bpb or loss) + (100 - step) / 50)
         lines.append(json.dumps(row))
@@ -53,7 +58,7 @@ def make_run(path: Path, overrides: dict[str, str], loss: float | None, *,
         "val_bpb": bpb, "unigram_val_loss": 6.0, "vocab_size": vocab, "params_total": params,
         "params_non_embedding": params // 2, "params_active": params, "flops_per_token": flops,
         "d_ff": 512, "tokens_seen": 100_000, "steps": 100, "wall_time_s": 10.0,
-        "tokens_per_s": 1e4, "seed": seed, "choices": choices, "overrides": ov,
+        "tokens_per_s": tps, "seed": seed, "choices": choices, "overrides": ov,
     }
     (path / "summary.json").write_text(json.dumps(summary))
 
@@ -107,6 +112,7 @@ def test_collect(sweep: Path) -> None:
     assert running["final_val_loss"] == pytest.approx(3.9)
     assert running["best_val_loss"] == pytest.approx(3.9)
     assert running["seed"] == 5  # no summary: seed from .hydra/config.yaml
+    assert running["tokens_per_s"] == pytest.approx(1e4)  # median of the logged intervals
     curves = load_curves(sweep)
     assert len(curves) == 8 * 3 + 2  # truncated last line skipped
     assert set(curves["run"]) == {str(i) for i in range(9)}
@@ -115,9 +121,9 @@ def test_collect(sweep: Path) -> None:
 def test_report_files_and_results_csv(sweep: Path, report: Path) -> None:
     out = report
     assert out == sweep / "report"
-    for name in ("results.csv", "report.md", "loss_curves.png", "final_loss.png"):
+    for name in ("results.csv", "report.md", "index.html", *PNGS):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
-    for name in ("loss_curves.png", "final_loss.png"):
+    for name in PNGS:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
 
@@ -159,6 +165,142 @@ def test_report_markdown(sweep: Path, report: Path) -> None:
     assert "| `7` | failed | rms | 4 | CUDA out of memory |" in section
     assert "| `8` | running | rms | 5 | no summary.json" in section
     assert "⚠" not in md  # all options have the same size
+
+
+class _Tables(HTMLParser):
+    """Cell texts of every <table>, and the src of every <img>, of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self.tags: set[str] = set()
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def markdown_tables(md: str) -> list[list[list[str]]]:
+    """Cell texts of the markdown tables (code spans and escapes removed), header included."""
+    tables, current = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                tables.append(current)
+            if set(line) <= {"|", "-"}:
+                continue  # the |---| separator
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            current.append([c.strip().replace("\\|", "|").replace("`", "") for c in cells])
+        else:
+            current = None
+    return tables
+
+
+def test_index_html(sweep: Path, report: Path) -> None:
+    text = (report / "index.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in text
+    page = _Tables()
+    page.feed(text)
+    assert "script" not in page.tags and "http" not in text  # opens from disk, nothing to fetch
+    # The same tables as report.md, cell for cell (rankings, means, runs not in the means).
+    md_tables = markdown_tables((report / "report.md").read_text(encoding="utf-8"))
+    assert len(md_tables) == 2 and page.tables == md_tables
+    [ranked, excluded] = page.tables
+    assert ranked[1][:4] == ["1", "rms", "3/5", f"{statistics.mean(RMS):.4f} ± "
+                                                f"{statistics.stdev(RMS):.4f}"]
+    assert ranked[2][:4] == ["2", "ln", "3/4", f"{statistics.mean(LN):.4f} ± "
+                                               f"{statistics.stdev(LN):.4f}"]
+    assert ["6", "diverged", "ln", "3", "loss is NaN at step 120"] in excluded
+    assert "<strong>Winner: <code>rms</code></strong>" in text
+    assert "<strong>exceeds seed noise</strong>" in text
+    # Every PNG of the report is shown, by a path relative to index.html.
+    assert sorted(page.images) == sorted(p.name for p in report.glob("*.png")) == sorted(PNGS)
+    assert '<a href="results.csv">' in text
+
+
+def test_html_escapes_and_formats() -> None:
+    from analysis.html import inline, to_html
+    from analysis.markdown import Para, Table
+
+    assert inline("a <b> & `x<y>` **bold** *em* 2*3*4") == (
+        "a &lt;b&gt; &amp; <code>x&lt;y&gt;</code> <strong>bold</strong> <em>em</em> 2*3*4")
+    page = to_html([Table(["k", "v"], [["a|b", "1.0"]], [False, True])])
+    assert "<td>a|b</td><td class=\"num\">1.0</td>" in page
+
+
+def _marker_points(panel) -> list[tuple[float, float]]:
+    """(x, y) of the big mean markers (errorbar centres) of a panel."""
+    return [(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in panel.lines
+            if line.get_marker() == "o"]
+
+
+def test_loss_curves_figure(sweep: Path) -> None:
+    df, curves = load_results(sweep), load_curves(sweep)
+    fig = plots.loss_curves_figure(df, curves, ["norm"], "final_val_loss")
+    steps, clock = fig.axes
+    assert steps.get_xlabel() == "training step" and "wall-clock" in clock.get_xlabel()
+    for panel in (steps, clock):
+        assert panel.get_ylabel() == "validation loss (nats/token)"
+        assert "validation loss" in panel.get_title()
+        legend = [t.get_text() for t in panel.get_legend().get_texts()]
+        assert legend == ["norm=rms (mean of 3)", "norm=ln (mean of 3)"]
+        widths = sorted(line.get_linewidth() for line in panel.lines)
+        # Thin: 4 rms runs (3 completed + 1 running), 3 ln runs; thick: one mean per option.
+        assert widths == [0.8] * 7 + [2.5] * 2
+        colours = {line.get_color() for line in panel.lines if line.get_linewidth() == 2.5}
+        assert len(colours) == 2
+    mean_rms = next(line for line in steps.lines if line.get_label() == "norm=rms (mean of 3)")
+    assert mean_rms.get_xdata()[-1] == 100
+    assert mean_rms.get_ydata()[-1] == pytest.approx(statistics.mean(RMS))
+
+
+def test_throughput_figure_and_png(tmp_path: Path) -> None:
+    root = tmp_path / "tps"
+    speeds = {"rms": [1000.0, 1100.0, 1200.0], "ln": [2000.0, 2100.0, 2200.0]}
+    for norm, losses in (("rms", RMS), ("ln", LN)):
+        for seed, (loss, tps) in enumerate(zip(losses, speeds[norm])):
+            make_run(root / f"{norm}{seed}", {"norm": norm, "train.seed": str(seed)}, loss, tps=tps)
+    make_run(root / "running", {"norm": "ln", "train.seed": "3"}, 3.9, status=None, tps=500.0)
+    df = load_results(root)
+    axes = swept_axes(df)
+    metric, _ = choose_metric(df)
+    tables = ranked_tables(df, axes, metric)
+    fig = plots.throughput_figure(df, tables, axes, metric)
+    per_option, scatter = fig.axes
+    assert [t.get_text() for t in per_option.get_xticklabels()] == ["rms", "ln"]
+    assert per_option.get_ylabel() == "training throughput (tokens/s)"
+    # Means over completed runs only: the running run (500 tokens/s) is drawn but not averaged.
+    assert _marker_points(per_option) == [(0.0, 1100.0), (1.0, 2100.0)]
+    legend = [t.get_text() for t in per_option.get_legend().get_texts()]
+    assert sorted(legend) == ["mean ± std", "not completed (not in mean)", "one run (seed)"]
+    assert scatter.get_xlabel() == "training throughput (tokens/s)"
+    assert scatter.get_ylabel() == "final validation loss (nats/token)"
+    # One colour per option: its mean (tokens/s, loss), in the order the runs were found.
+    names = [t.get_text() for t in scatter.get_legend().get_texts()]
+    points = dict(zip(names, _marker_points(scatter)))
+    assert sorted(points) == ["norm=ln (n=3)", "norm=rms (n=3)"]
+    assert points["norm=rms (n=3)"] == pytest.approx((1100.0, statistics.mean(RMS)))
+    assert points["norm=ln (n=3)"] == pytest.approx((2100.0, statistics.mean(LN)))
+    assert plots.to_png(fig)[:8] == PNG_MAGIC
 
 
 def test_within_noise_and_no_spread(tmp_path: Path) -> None:
@@ -255,3 +397,16 @@ def test_callback_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_expected_jobs(sweep: Path) -> None:
     assert expected_jobs(sweep) == 10
+
+
+def test_analysis_never_imports_torch_or_training_code(sweep: Path) -> None:
+    code = ("import sys, analysis, analysis.callbacks, analysis.html, analysis.plots, "
+            "analysis.report, analysis.wandb_sweeps as w; "
+            f"df = analysis.load_results({str(sweep)!r}); "
+            "analysis.ranked_tables(df, analysis.swept_axes(df), 'final_val_loss'); "
+            "w.expected(w.default_sweeps_dir()); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'ablate', 'components')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
