@@ -56,6 +56,16 @@ class TransformersMissing(ImportError):
     pass
 
 
+
+def layer_norm_names(family: str) -> dict[str, str]:
+    """Our per-layer norm paths -> the Llama-family names (Gemma 2 has four norms per layer)."""
+    if family == "gemma2":
+        return {"attn_residual.input_norm": "input_layernorm",
+                "attn_residual.output_norms.0": "post_attention_layernorm",
+                "mlp_residual.input_norm": "pre_feedforward_layernorm",
+                "mlp_residual.output_norms.0": "post_feedforward_layernorm"}
+    return {"attn_residual.input_norm": "input_layernorm", "mlp_residual.input_norm": "post_attention_layernorm"}
+
 def require_transformers():
     try:
         import transformers
@@ -244,14 +254,7 @@ def to_hf_state_dict(model: Transformer, cfg: DictConfig) -> dict[str, torch.Ten
                 out.update({f"{theirs}.self_attn.q_proj.{kind}": q, f"{theirs}.self_attn.k_proj.{kind}": k,
                             f"{theirs}.self_attn.v_proj.{kind}": v,
                             f"{theirs}.self_attn.o_proj.{kind}": sd[f"{ours}.attn.out.{kind}"]})
-        norms = {"attn_residual.input_norm": "input_layernorm"}
-        if family == "gemma2":
-            norms.update({"attn_residual.output_norms.0": "post_attention_layernorm",
-                          "mlp_residual.input_norm": "pre_feedforward_layernorm",
-                          "mlp_residual.output_norms.0": "post_feedforward_layernorm"})
-        else:
-            norms["mlp_residual.input_norm"] = "post_attention_layernorm"
-        for a, b in norms.items():
+        for a, b in layer_norm_names(family).items():
             out[f"{theirs}.{b}.weight"] = gain(sd[f"{ours}.{a}.weight"])
         if family == "mixtral":
             n_experts = cfg.moe.n_experts
@@ -413,14 +416,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: DictConfig, model
         else:
             put(f"{ours}.attn.qkv.bias", None)
             put(f"{ours}.attn.out.bias", None)
-        norms = {"attn_residual.input_norm": "input_layernorm"}
-        if model_type == "gemma2":
-            norms.update({"attn_residual.output_norms.0": "post_attention_layernorm",
-                          "mlp_residual.input_norm": "pre_feedforward_layernorm",
-                          "mlp_residual.output_norms.0": "post_feedforward_layernorm"})
-        else:
-            norms["mlp_residual.input_norm"] = "post_attention_layernorm"
-        for a, b in norms.items():
+        for a, b in layer_norm_names(model_type).items():
             put(f"{ours}.{a}.weight", gain(sd[f"{theirs}.{b}.weight"]))
         mlp = f"{theirs}.mlp"
         if model_type == "mixtral":
