@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from ablate import accounting, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
+from ablate.checkpoint import CHECKPOINT, check_run_dir
 from ablate.model import Transformer, knobs
+from ablate.preemption import StopRequest
 from components.registry import build
 
 EVAL_SEED = 1234  # validation windows depend only on this, so every run of a sweep sees the same ones
@@ -80,7 +82,7 @@ class Run:
         self.schedule = build("schedule", cfg.schedule.name, max_steps=cfg.train.max_steps, **knobs(cfg.schedule))
         self.rng = np.random.default_rng(cfg.train.seed)
         self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
-        self.checkpoint_path = run_dir / "checkpoints" / "latest.pt"
+        self.checkpoint_path = run_dir / CHECKPOINT
         amp = autocast_dtype(cfg.train.dtype, device)
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,
@@ -192,6 +194,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
     """Train one model as `cfg` says, writing the run's files into `run_dir`; returns the summary."""
     validate.check(cfg)
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -227,6 +230,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
     train_started, interval_started, interval_tokens = time.perf_counter(), time.perf_counter(), 0
     bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not progress, mininterval=1.0,
                dynamic_ncols=True, desc="train")
+    stop = StopRequest().__enter__()  # signal handlers; restored in `finally`
     try:
         while run.step < cfg.train.max_steps:
             terms, grad_norm = run.train_step()
@@ -258,6 +262,11 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                 summary.update(status="diverged", error=f"training objective {objective} at step {run.step} "
                                f"(initial {run.initial_loss:.3f}, limit x{cfg.train.divergence_factor})")
                 break
+            if stop.received:
+                run.save_checkpoint()
+                summary.update(status="interrupted", error=f"{stop.received} at step {run.step}; checkpoint saved, "
+                               f"re-run the same command to resume (train.resume=auto)")
+                break
         else:
             summary["status"] = "completed"
             if val_loss is None:  # resumed a run that had already finished: report its loss again
@@ -269,6 +278,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         summary.update(status="failed", error=f"{type(error).__name__}: {error}")
         raise
     finally:
+        stop.__exit__()
         bar.close()
         metrics.close()
         wall = time.perf_counter() - train_started
