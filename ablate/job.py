@@ -69,7 +69,8 @@ def run_job(cfg: DictConfig) -> float:
         print(f"ablate: job {hydra_cfg.job.num} failed; the sweep continues (see {run_dir}/summary.json)",
               file=sys.stderr)
         return math.inf
-    print_result(summary, run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
+        print_result(summary, run_dir)
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
 

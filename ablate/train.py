@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,10 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ablate import accounting, validate
+from ablate import accounting, distributed, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
+from ablate.distributed import World
 from ablate.checkpoint import CHECKPOINT, check_run_dir
 from ablate.model import Transformer, knobs
 from ablate.preemption import StopRequest
@@ -75,10 +78,13 @@ def loss_terms(model: Transformer, logits: torch.Tensor, targets: torch.Tensor, 
 class Run:
     """State of one training run; `train` drives it."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, corpus: TokenizedCorpus, device: torch.device):
-        self.cfg, self.run_dir, self.corpus, self.device = cfg, run_dir, corpus, device
+    def __init__(self, cfg: DictConfig, run_dir: Path, corpus: TokenizedCorpus, device: torch.device,
+                 world: World = World()):
+        self.cfg, self.run_dir, self.corpus, self.device, self.world = cfg, run_dir, corpus, device, world
         self.model = self.raw_model = Transformer(cfg, corpus.tokenizer.vocab_size).to(device)
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        if world.size > 1:  # gradients are averaged across ranks during backward
+            self.model = DistributedDataParallel(self.raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = make_optimizer(self.raw_model, cfg, device)
         self.schedule = build("schedule", cfg.schedule.name, max_steps=cfg.train.max_steps, **knobs(cfg.schedule))
         self.rng = np.random.default_rng(cfg.train.seed)
         self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
@@ -94,24 +100,30 @@ class Run:
         return tensor.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else tensor
 
     def train_step(self) -> tuple[dict[str, float], float]:
-        """One optimizer step over train.batch_size sequences in train.grad_accum micro-batches.
+        """One optimizer step over train.batch_size sequences (the global batch): every rank draws the
+        same starts and takes its slice of each of the train.grad_accum micro-batches.
 
-        Returns the mean of each loss term over the micro-batches and the gradient norm before clipping."""
-        cfg = self.cfg
-        micro = cfg.train.batch_size // cfg.train.grad_accum
+        Returns the mean of each loss term over the global batch and the gradient norm before clipping."""
+        cfg, world = self.cfg, self.world
+        accum, context = cfg.train.grad_accum, cfg.model.context_length
+        global_starts = self.corpus.random_starts("train", cfg.train.batch_size, context, self.rng)
+        micro_batches = global_starts.reshape(accum, world.size, -1)[:, world.rank]
         lr = cfg.optim.lr * self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for _ in range(cfg.train.grad_accum):
-            starts = self.corpus.random_starts("train", micro, cfg.model.context_length, self.rng)
-            x, y = (self.to_device(a) for a in self.corpus.windows("train", starts, cfg.model.context_length))
-            with self.autocast():
-                terms = loss_terms(self.raw_model, self.model(x), y, cfg.z_loss.coef)
-            (sum(terms.values()) / cfg.train.grad_accum).backward()
+        for index, starts in enumerate(micro_batches):
+            x, y = (self.to_device(a) for a in self.corpus.windows("train", starts, context))
+            last_micro = index == accum - 1
+            sync = nullcontext() if world.size == 1 or last_micro else self.model.no_sync()  # all-reduce once
+            with sync:
+                with self.autocast():
+                    terms = loss_terms(self.raw_model, self.model(x), y, cfg.z_loss.coef)
+                (sum(terms.values()) / accum).backward()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / cfg.train.grad_accum
+                totals[name] = totals.get(name, 0.0) + value.item() / accum
+        totals = world.mean(totals)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         self.optimizer.step()
@@ -124,14 +136,16 @@ class Run:
         """Mean loss over the fixed validation windows."""
         self.model.eval()
         losses = []
-        for starts in self.eval_starts:
+        for starts in self.eval_starts:  # every rank evaluates the same windows: no communication needed
             x, y = (self.to_device(a) for a in self.corpus.windows("val", starts, self.cfg.model.context_length))
             with self.autocast():
-                losses.append(lm_loss(self.model(x), y).item())
+                losses.append(lm_loss(self.raw_model(x), y).item())
         self.model.train()
         return float(np.mean(losses))
 
     def save_checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
         state = {
             "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "step": self.step,
@@ -160,17 +174,20 @@ class Run:
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.model.eval()
         with self.autocast():
-            ids = self.model.generate(torch.tensor([prompt], device=self.device), cfg.sample_tokens,
+            ids = self.raw_model.generate(torch.tensor([prompt], device=self.device), cfg.sample_tokens,
                                       cfg.sample_temperature, cfg.sample_top_p, generator)
         self.model.train()
         return tokenizer.decode(ids[0].tolist())
 
 
 class MetricsFile:
-    """metrics.jsonl, appended and flushed line by line so a killed run keeps what it logged."""
+    """metrics.jsonl, appended and flushed line by line so a killed run keeps what it logged.
+    Only the main process writes it (`enabled`)."""
 
-    def __init__(self, path: Path, truncate_after_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, truncate_after_step: int | None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if truncate_after_step is not None and path.exists():  # resuming: drop lines past the checkpoint
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= truncate_after_step]
@@ -178,11 +195,30 @@ class MetricsFile:
         self.handle = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        if self.enabled:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.enabled:
+            self.handle.close()
+
+
+def adopt_main_run_dir(world: World, own: Path) -> Path:
+    """Under torchrun every process composes its own Hydra run directory; all use rank 0's, and the
+    others remove theirs if it holds nothing but Hydra's own files."""
+    main = Path(world.broadcast(str(own)))
+    if main != own and own.is_dir() and {p.name for p in own.iterdir()} <= {".hydra", "run.log"}:
+        shutil.rmtree(own, ignore_errors=True)
+    return main
+
+
+def check_divisible_batch(cfg: DictConfig, world: World) -> None:
+    per_step = cfg.train.grad_accum * world.size
+    if cfg.train.batch_size % per_step:
+        raise validate.ConfigError(
+            f"train.batch_size={cfg.train.batch_size} cannot be split over {world.size} processes x "
+            f"train.grad_accum={cfg.train.grad_accum} micro-steps: it must be a multiple of {per_step}.")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -193,19 +229,27 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
           overrides: list[str] | None = None, group: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one model as `cfg` says, writing the run's files into `run_dir`; returns the summary."""
     validate.check(cfg)
+    device = resolve_device(cfg.train.device)
+    world = distributed.init(device.type)
+    if world.size > 1:
+        device = torch.device("cuda", world.local_rank) if device.type == "cuda" else device
+        run_dir = adopt_main_run_dir(world, Path(run_dir))
+        check_divisible_batch(cfg, world)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
 
     started = time.perf_counter()
     corpus = prepare(cfg)
     data_prep_s = time.perf_counter() - started
-    corpus.tokenizer.save(run_dir / "tokenizer.json")  # the run dir is self-contained for load_run
-    run = Run(cfg, run_dir, corpus, device)
+    if world.is_main:
+        corpus.tokenizer.save(run_dir / "tokenizer.json")  # the run dir is self-contained for load_run
+    run = Run(cfg, run_dir, corpus, device, world)
     if cfg.train.resume == "auto" and run.checkpoint_path.exists():
         run.load_checkpoint()
         print(f"resumed from {run.checkpoint_path} at step {run.step}")
@@ -218,17 +262,17 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         "unigram_val_loss": corpus.meta["unigram_val_loss"], **counts,
         "tokens_seen": run.tokens_seen, "steps": run.step, "wall_time_s": None, "tokens_per_s": None,
         "seed": cfg.train.seed, "choices": choices, "overrides": list(overrides or []),
-        "device": str(device), "data_prep_s": round(data_prep_s, 3),
+        "device": str(device), "processes": world.size, "data_prep_s": round(data_prep_s, 3),
         "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
     }
-    logger = build("logger", cfg.logger.name, run_dir=run_dir, group=group or "single-runs",
+    logger = build("logger", cfg.logger.name if world.is_main else "none", run_dir=run_dir, group=group or "single-runs",
                    run_name=",".join(o for o in overrides or [] if not o.startswith("hydra")) or "default",
                    tags=[f"{k}={v}" for k, v in sorted(choices.items())],
                    config=OmegaConf.to_container(cfg, resolve=True), **knobs(cfg.logger))
-    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=run.step)
+    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=run.step, enabled=world.is_main)
     val_loss = None
     train_started, interval_started, interval_tokens = time.perf_counter(), time.perf_counter(), 0
-    bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not progress, mininterval=1.0,
+    bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not (progress and world.is_main), mininterval=1.0,
                dynamic_ncols=True, desc="train")
     stop = StopRequest().__enter__()  # signal handlers; restored in `finally`
     try:
@@ -262,9 +306,10 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                 summary.update(status="diverged", error=f"training objective {objective} at step {run.step} "
                                f"(initial {run.initial_loss:.3f}, limit x{cfg.train.divergence_factor})")
                 break
-            if stop.received:
+            if world.any(stop.received is not None):  # every rank stops at the same step
                 run.save_checkpoint()
-                summary.update(status="interrupted", error=f"{stop.received} at step {run.step}; checkpoint saved, "
+                summary.update(status="interrupted", error=f"{stop.received or 'a signal to another rank'} at step "
+                               f"{run.step}; checkpoint saved, "
                                f"re-run the same command to resume (train.resume=auto)")
                 break
         else:
@@ -289,10 +334,12 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
             tokens_seen=run.tokens_seen, steps=run.step, wall_time_s=round(wall, 3),
             tokens_per_s=trained_tokens / wall if wall > 0 else None,
         )
-        if summary["status"] == "completed":
-            sample = run.sample()
-            (run_dir / "samples.txt").write_text(sample + "\n", encoding="utf-8")
-            summary["sample"] = sample
-        write_summary(run_dir, summary)
+        if world.is_main:
+            if summary["status"] == "completed":
+                sample = run.sample()
+                (run_dir / "samples.txt").write_text(sample + "\n", encoding="utf-8")
+                summary["sample"] = sample
+            write_summary(run_dir, summary)
         logger.finish(summary)
+        distributed.shutdown()
     return summary
