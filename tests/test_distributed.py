@@ -40,3 +40,37 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert summary["processes"] == 2 and summary["status"] == "completed"
     assert summary["tokens_seen"] == 10 * 8 * 64  # train.batch_size is the global batch
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 10  # written once, by rank 0
+
+
+def test_slurm_tasks_become_torch_distributed_variables(monkeypatch):
+    from ablate.distributed import slurm_environment
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert slurm_environment() == {}  # a single task trains alone
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu-node-17")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    env = slurm_environment()
+    assert env["RANK"] == "5" and env["WORLD_SIZE"] == "8" and env["LOCAL_RANK"] == "1"
+    assert env["MASTER_ADDR"] == "gpu-node-17" and env["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    monkeypatch.setenv("RANK", "0")  # torchrun inside the allocation wins
+    assert slurm_environment() == {}
+
+
+def test_slurm_launcher_config_composes_with_documented_keys():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose as hydra_compose
+
+    from tests.conftest import hydra_compose_once
+
+    hydra_compose_once()
+    cfg = hydra_compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                             "hydra.launcher.gpus_per_node=8"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 8, 240)
+    assert {"nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "max_num_timeout"} <= set(launcher)
