@@ -21,10 +21,10 @@ EXIT_BAD_CONFIG = 2
 
 
 def refuse(message: str, run_dir: Path) -> None:
-    """Print the reason and exit 2; remove the run directory Hydra just made if it holds nothing else."""
+    """Print the reason and exit 2; remove the run directory Hydra just made if it is still empty."""
     print(f"\nablate: refused before training: {message}\nNothing was trained.", file=sys.stderr)
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    if leftovers <= {".hydra", "run.log"}:
+    if not leftovers:  # Hydra created it for this job and nothing was written: leave no trace
         shutil.rmtree(run_dir, ignore_errors=True)
     sys.exit(EXIT_BAD_CONFIG)
 
@@ -32,6 +32,7 @@ def refuse(message: str, run_dir: Path) -> None:
 def run_job(cfg: DictConfig) -> float:
     """Train one job; returns its final validation loss (inf when it has none) for sweepers that optimize."""
     from ablate import validate
+    from ablate.checkpoint import check_run_dir
     from ablate.data import DataError
 
     hydra_cfg = HydraConfig.get()
@@ -39,6 +40,7 @@ def run_job(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         validate.check(cfg)
+        check_run_dir(run_dir, cfg)
     except validate.ConfigError as error:
         if not multirun:
             refuse(str(error), run_dir)
@@ -47,6 +49,7 @@ def run_job(cfg: DictConfig) -> float:
 
     from ablate.train import train
 
+    save_hydra_files(run_dir, cfg, hydra_cfg)
     if cfg.train.threads is None:
         cfg.train.threads = threads_per_job(hydra_cfg.launcher)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
@@ -73,6 +76,18 @@ def run_job(cfg: DictConfig) -> float:
         print_result(summary, run_dir)
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
+
+
+def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """.hydra/{config,overrides,hydra}.yaml, as Hydra would write them, but only once the config is
+    accepted (conf/config.yaml sets hydra.output_subdir=null), so a refused run touches nothing."""
+    from omegaconf import OmegaConf
+
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
 
 
 def threads_per_job(launcher: DictConfig) -> int | None:

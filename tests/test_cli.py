@@ -76,3 +76,22 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert rows["mps"]["status"] == "failed" and rows["mps"]["error"]
     report = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert "failed" in report and "mps" in report
+
+
+def test_a_refused_rerun_leaves_every_file_of_the_existing_run_untouched(tmp_path):
+    import hashlib
+
+    run = tmp_path / "run"
+    first = ablate(*FAST, "train.max_steps=2", "train.eval_interval=2", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    def snapshot():
+        return {p.relative_to(run): hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    assert ".hydra/config.yaml" in {str(p) for p in before}
+    for bad in (["norm=ln"], ["train.resume=never"], ["model.n_heads=3"]):
+        again = ablate(*FAST, "train.max_steps=4", *bad, f"hydra.run.dir={run}", cwd=tmp_path)
+        assert again.returncode == 2, again.stderr[-2000:]
+        assert "Traceback" not in again.stderr
+    assert snapshot() == before
