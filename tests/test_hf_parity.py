@@ -15,7 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from ablate import load_run  # noqa: E402
-from ablate.hf import NotExpressible, from_hf, hf_family, to_hf  # noqa: E402
+from ablate.hf import NotExpressible, hf_family, to_hf  # noqa: E402
+from ablate.hf_import import from_hf  # noqa: E402
 from ablate.model import Transformer  # noqa: E402
 from tests.conftest import POEMS, ROOT, _cached_compose  # noqa: E402
 
