@@ -12,7 +12,7 @@ import pytest
 
 from ablate.train import train
 from ablate.validate import ConfigError
-from tests.conftest import POEMS, ROOT, TINY, compose
+from tests.conftest import ROOT, TINY, compose
 
 STEPS = ["train.max_steps=60", "train.eval_interval=20", "train.log_interval=1"]
 
@@ -43,7 +43,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_bit_identically(tmp_pa
     resumed = subprocess.run([*command, f"hydra.run.dir={killed}"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from" in resumed.stdout and json.loads((killed / "summary.json").read_text())["status"] == "completed"
+    assert "resumed from" in resumed.stdout and json.loads((killed / "summary.json").read_text())["status"] == "completed"
 
     straight = tmp_path / "straight"
     subprocess.run([*command, f"hydra.run.dir={straight}"], cwd=tmp_path, env=env, check=True,

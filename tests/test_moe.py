@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ablate.accounting import count
 from ablate.model import Transformer

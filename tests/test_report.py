@@ -35,7 +35,7 @@ def make_run(path: Path, overrides: dict[str, str], loss: float | None, *,
     seed = int(overrides.get("train.seed", 0))
     (path / ".hydra").mkdir(parents=True)
     config = [f"{g}:\n  name: {choices[g]}" for g in GROUPS]
-    config += [f"tokenizer_extra: 1", f"train:\n  seed: {seed}\n  steps: 100"]
+    config += ["tokenizer_extra: 1", f"train:\n  seed: {seed}\n  steps: 100"]
     (path / ".hydra" / "config.yaml").write_text("\n".join(config) + "\n")
     ov = [f"{k}={v}" for k, v in overrides.items()]
     (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in ov))
@@ -239,7 +239,7 @@ def test_index_html(sweep: Path, report: Path) -> None:
 
 def test_html_escapes_and_formats() -> None:
     from analysis.html import inline, to_html
-    from analysis.markdown import Para, Table
+    from analysis.markdown import Table
 
     assert inline("a <b> & `x<y>` **bold** *em* 2*3*4") == (
         "a &lt;b&gt; &amp; <code>x&lt;y&gt;</code> <strong>bold</strong> <em>em</em> 2*3*4")
