@@ -1,0 +1,602 @@
+"""Throughput benchmark: our presets against peers at identical shapes, interleaved in one process.
+
+    python -m ablate.bench                                  # shapes A and B, presets gpt2 and llama, all peers
+    python -m ablate.bench --shapes A --steps 30 --json bench.json
+    python -m ablate.bench --dtype fp32,bf16                # bf16 autocast next to fp32, with the loss difference
+    python -m ablate.bench --components                     # every option of every axis vs the default (shape A)
+    python -m ablate.bench --tokenizer                      # our BPE trainer/encoder vs Hugging Face tokenizers
+    python -m ablate.bench --data                           # input pipeline (memmap batches) vs step time
+
+What one step is, for every model alike: zero_grad, forward, next-token cross-entropy (ours: the whole
+training objective of `ablate.train.loss_terms`), backward, gradient clipping at 1.0, AdamW step
+(`ablate.train.make_optimizer`'s groups). Every model sees the same random batches; models of one family
+start from the same weights (the peers get a copy of ours), so their final losses agree, which shows that
+the peers compute the same function.
+
+Timing: first the machine's matmul peak (a large matmul timed for about a second), then for each shape
+every model runs its warm-up steps and the timed steps go round-robin over the models (the order rotates
+every round), so load from elsewhere on the machine hits all models alike. Reported: the median step.
+MFU = flops_per_token (ablate.accounting: 6 x matmul weights + 3 x attention scores over the full T x T,
+the same formula for a peer as for the preset of the same shape) x tokens/s / measured matmul peak of
+the dtype the matmuls ran in.
+
+Peak memory: the largest amount of live torch tensor memory during the first two training steps of a
+model: its parameters plus what the allocator handed out and had not yet taken back (gradients, AdamW
+state, activations, temporaries). On CUDA that is torch.cuda.max_memory_allocated; on CPU it is read
+from the allocator's events under torch.profiler (profile_memory=True), which sees every allocation
+torch makes on the CPU but not memory held by the Python interpreter or libraries outside torch's
+allocator. It is a property of the model and the step, not of the process, so it does not depend on
+which model ran before.
+
+`transformers` and `tokenizers` are optional (`pip install -e ".[hf]"`): without them the peers or the
+tokenizer comparison are skipped with a note.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import functools
+import importlib.util
+import json
+import math
+import os
+import statistics
+import sys
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ablate.bench_machine import CpuLoad, machine_info, matmul_peak, synchronize
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layers: int
+    n_heads: int
+    d_model: int
+    context: int
+    batch: int
+    vocab: int = 2048
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.context
+
+
+SHAPES = {
+    "tiny": Shape(n_layers=2, n_heads=2, d_model=32, context=16, batch=2, vocab=512),  # tests
+    "A": Shape(n_layers=4, n_heads=4, d_model=128, context=64, batch=12),
+    "B": Shape(n_layers=6, n_heads=6, d_model=384, context=256, batch=16),
+}
+PRESETS = ("gpt2", "llama")
+PEERS = ("nanogpt", "hf_gpt2", "hf_llama")
+PEER_OF = {"nanogpt": "gpt2", "hf_gpt2": "gpt2", "hf_llama": "llama"}  # peer -> the preset it mirrors
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+# the design axes a model is assembled from (config groups); training-only groups are left out
+ARCH_AXES = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap", "z_loss", "moe")
+SEED = 0
+GRAD_CLIP = 1.0
+# Extra overrides for the --data section's corpus (tests point it at a small text corpus).
+DATA_OVERRIDES: tuple[str, ...] = ()
+
+MEMORY_NOTE = ("peak MiB: the most live torch tensor memory during a model's first two steps (parameters, "
+               "gradients, AdamW state, activations, temporaries); CPU: allocator events under torch.profiler, "
+               "CUDA: torch.cuda.max_memory_allocated. Not the process RSS: interpreter and library memory "
+               "outside torch's allocator is not counted.")
+
+
+# ------------------------------------------------------------------------------------------------
+# configs
+def compose(overrides: list[str]):
+    """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API, conf/ of this repo)."""
+    return copy.deepcopy(_compose(tuple(overrides)))
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(overrides: tuple[str, ...]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import ablate.config  # noqa: F401  (registers the schema)
+
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(CONF), version_base=None)
+    return hydra_compose("config", overrides=list(overrides))
+
+
+def with_option(cfg, axis: str, option: str):
+    """`cfg` with `axis=option`, as Hydra's defaults list does it: the option's YAML file merged into the
+    group's typed node (one Hydra composition per option would cost a third of a second each)."""
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(cfg)
+    path = CONF / axis / f"{option}.yaml"
+    schema = OmegaConf.structured(OmegaConf.get_type(cfg, axis))
+    cfg[axis] = OmegaConf.merge(schema, OmegaConf.load(path)) if path.is_file() else OmegaConf.merge(schema, {"name": option})
+    return cfg
+
+
+def shape_overrides(shape: Shape) -> list[str]:
+    return [f"model.n_layers={shape.n_layers}", f"model.n_heads={shape.n_heads}", f"model.d_model={shape.d_model}",
+            f"model.context_length={shape.context}", "model.n_kv_heads=null", "model.dropout=0.0",
+            f"tokenizer.vocab_size={shape.vocab}", f"train.batch_size={shape.batch}", "logger=none"]
+
+
+def preset_config(preset: str | None, shape: Shape, extra: list[str] = ()):
+    return compose(([f"+experiment={preset}"] if preset else []) + shape_overrides(shape) + list(extra))
+
+
+# ------------------------------------------------------------------------------------------------
+# one benchmarked model
+@dataclass
+class Candidate:
+    """A model, its optimizer and what the bench measured of it."""
+
+    name: str
+    kind: str  # ours | peer | option
+    shape: str
+    dtype: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    flops_per_token: int
+    params: int
+    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+    tokens_per_step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    step_s: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+    final_loss: float | None = None
+
+    def autocast(self):
+        amp = DTYPES[self.dtype]
+        return torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One training step; returns its wall time in seconds (device synchronized)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.objective(self.model, self.model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+        self.optimizer.step()
+        synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.losses.append(loss.item())
+        return elapsed
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Cross-entropy on a held-out batch, computed in fp32 whatever the training dtype."""
+        from ablate.train import lm_loss
+
+        self.model.eval()
+        loss = lm_loss(self.model(x), y).item()
+        self.model.train()
+        return loss
+
+    @property
+    def median_step_s(self) -> float | None:
+        return statistics.median(self.step_s) if self.step_s else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        median = self.median_step_s
+        return self.tokens_per_step / median if median else None
+
+
+def our_objective(cfg) -> Callable:
+    from ablate.train import loss_terms
+
+    coef = cfg.z_loss.coef
+
+    def objective(model, logits, targets):
+        return sum(loss_terms(model, logits, targets, coef).values())
+
+    return objective
+
+
+def plain_objective(model, logits, targets):
+    from ablate.train import lm_loss
+
+    return lm_loss(logits, targets)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
+
+
+def build_ours(cfg, vocab: int, device: torch.device):
+    from ablate import validate
+    from ablate.model import Transformer
+
+    validate.check(cfg)
+    torch.manual_seed(SEED)
+    return Transformer(cfg, vocab).to(device)
+
+
+def make_candidate(name: str, kind: str, shape_name: str, shape: Shape, dtype: str, device: torch.device,
+                   preset: str | None = None, extra_overrides: list[str] = (), cfg=None,
+                   extra: dict | None = None) -> Candidate:
+    """Our preset (kind ours/option) or a peer, on `device`, with AdamW as the training loop makes it.
+    `cfg` (a composed config) replaces preset + shape + extra_overrides."""
+    from ablate import accounting
+    from ablate.train import make_optimizer
+
+    base = PEER_OF.get(name, preset) if kind == "peer" else preset
+    cfg = preset_config(base, shape, list(extra_overrides)) if cfg is None else cfg
+    ours = build_ours(cfg, shape.vocab, device)
+    if kind == "peer" and name == "nanogpt":
+        from ablate.bench_peers import copy_from_ours, nanogpt_like
+
+        model = copy_from_ours(nanogpt_like(cfg, shape.vocab), ours).to(device)
+    elif kind == "peer":
+        from ablate.bench_peers import hf_peer
+
+        model = hf_peer(ours.cpu(), cfg).to(device)
+    else:
+        model = ours
+    model.train()
+    return Candidate(name=name, kind=kind, shape=shape_name, dtype=dtype, model=model,
+                     optimizer=make_optimizer(model, cfg, device),
+                     flops_per_token=accounting.count(cfg, shape.vocab)["flops_per_token"], params=n_params(model),
+                     objective=our_objective(cfg) if kind != "peer" else plain_objective, device=device,
+                     tokens_per_step=shape.tokens, extra=dict(extra or {}))
+
+
+def make_batches(shape: Shape, count: int, device: torch.device, seed: int = SEED) -> list[tuple[torch.Tensor, ...]]:
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        tokens = torch.randint(0, shape.vocab, (shape.batch, shape.context + 1), generator=gen)
+        batches.append((tokens[:, :-1].contiguous().to(device), tokens[:, 1:].contiguous().to(device)))
+    return batches
+
+
+# ------------------------------------------------------------------------------------------------
+# peak memory
+@contextlib.contextmanager
+def quiet_fd2():
+    """Silence C-level stderr (the profiler prints start/stop lines there)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def state_bytes(candidate: Candidate) -> int:
+    """Bytes of the tensors the model and optimizer hold between steps (parameters, buffers, grads, AdamW state)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if torch.is_tensor(t) and t.device.type == candidate.device.type:
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+
+    for p in candidate.model.parameters():
+        add(p)
+        add(p.grad)
+    for b in candidate.model.buffers():
+        add(b)
+    for state in candidate.optimizer.state.values():
+        for value in state.values():
+            add(value)
+    return total
+
+
+def measure_memory(candidate: Candidate, batches, steps: int = 2) -> int:
+    """Peak live tensor bytes over `steps` training steps (see the module docstring)."""
+    held = state_bytes(candidate)
+    device = candidate.device
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for i in range(steps):
+            candidate.step(*batches[i % len(batches)])
+        return held + torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for i in range(steps):
+            candidate.step(*batches[i % len(batches)])
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return held + peak
+
+
+# ------------------------------------------------------------------------------------------------
+# the interleaved run
+def run_interleaved(candidates: list[Candidate], batches, warmup: int, steps: int, memory: bool,
+                    eval_batch) -> None:
+    """Memory probe (2 steps each), warm-up, then `steps` rounds of one step per model, order rotating."""
+    for c in candidates:
+        if memory:
+            c.peak_bytes = measure_memory(c, batches)
+        for i in range(warmup):
+            c.step(*batches[i % len(batches)])
+    n = len(candidates)
+    for s in range(steps):
+        x, y = batches[(warmup + s) % len(batches)]
+        for c in candidates[s % n:] + candidates[:s % n]:
+            c.step_s.append(c.step(x, y))
+    for c in candidates:
+        c.final_loss = c.evaluate(*eval_batch)
+
+
+def row_of(c: Candidate, peaks: dict[str, float]) -> dict[str, Any]:
+    tps = c.tokens_per_s
+    peak = peaks.get(c.dtype)
+    return {
+        "shape": c.shape, "model": c.name, "kind": c.kind, "dtype": c.dtype, "params": c.params,
+        "flops_per_token": c.flops_per_token, "steps": len(c.step_s),
+        "step_ms": None if c.median_step_s is None else 1e3 * c.median_step_s,
+        "step_ms_min": 1e3 * min(c.step_s) if c.step_s else None,
+        "step_ms_max": 1e3 * max(c.step_s) if c.step_s else None,
+        "tokens_per_s": tps,
+        "mfu": (c.flops_per_token * tps / (peak * 1e9)) if tps and peak else None,
+        "peak_mib": None if c.peak_bytes is None else c.peak_bytes / MIB,
+        "first_loss": c.losses[0] if c.losses else None,
+        "final_loss": c.final_loss,
+        **c.extra,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# sections
+def available_peers(peers: list[str], notes: list[str]) -> list[str]:
+    if any(p.startswith("hf_") for p in peers) and importlib.util.find_spec("transformers") is None:
+        notes.append("transformers is not installed: hf_gpt2 and hf_llama skipped "
+                     "(pip install -e '.[hf]' or pip install transformers)")
+        return [p for p in peers if not p.startswith("hf_")]
+    return list(peers)
+
+
+def bench_models(args, device, peaks, notes) -> tuple[list[dict], list[dict]]:
+    peers = available_peers(args.peers, notes)
+    rows, ratios = [], []
+    for shape_name in args.shapes:
+        shape = SHAPES[shape_name]
+        candidates = []
+        for dtype in args.dtype:
+            candidates += [make_candidate(p, "ours", shape_name, shape, dtype, device, preset=p) for p in args.presets]
+            candidates += [make_candidate(p, "peer", shape_name, shape, dtype, device) for p in peers]
+        batches = make_batches(shape, max(args.warmup + args.steps, 2), device)
+        eval_batch = make_batches(shape, 1, device, seed=SEED + 1)[0]
+        run_interleaved(candidates, batches, args.warmup, args.steps, args.memory, eval_batch)
+        shape_rows = [row_of(c, peaks) for c in candidates]
+        by_key = {(r["model"], r["dtype"]): r for r in shape_rows}
+        for r in shape_rows:
+            fp32 = by_key.get((r["model"], "fp32"))
+            r["loss_diff_vs_fp32"] = (r["final_loss"] - fp32["final_loss"]
+                                      if r["dtype"] != "fp32" and fp32 and fp32["final_loss"] is not None else None)
+            r["vs"], r["ours_over_peer"] = None, None
+            if r["kind"] == "peer" and (PEER_OF[r["model"]], r["dtype"]) in by_key:
+                ours = by_key[(PEER_OF[r["model"]], r["dtype"])]
+                r["vs"] = ours["model"]
+                r["ours_over_peer"] = ours["tokens_per_s"] / r["tokens_per_s"]
+                ratios.append({
+                    "shape": shape_name, "dtype": r["dtype"], "ours": ours["model"], "peer": r["model"],
+                    "tokens_per_s_ratio": r["ours_over_peer"],
+                    "peak_mib_ratio": (ours["peak_mib"] / r["peak_mib"]) if ours["peak_mib"] and r["peak_mib"] else None,
+                    "loss_diff": ours["final_loss"] - r["final_loss"],
+                })
+        rows += shape_rows
+        del candidates
+    return rows, ratios
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+def fmt(value, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec) if spec else str(value)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Fixed-width text table; columns are (header, key, format spec)."""
+    cells = [[header for header, _, _ in columns]]
+    cells += [[fmt(row.get(key), spec) for _, key, spec in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def human(n) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+MODEL_COLUMNS = [("shape", "shape", ""), ("model", "model", ""), ("kind", "kind", ""), ("dtype", "dtype", ""),
+                 ("params", "params_h", ""), ("step ms", "step_ms", ".1f"), ("tok/s", "tokens_per_s", ",.0f"),
+                 ("MFU", "mfu", ".1%"), ("peak MiB", "peak_mib", ".1f"), ("loss", "final_loss", ".4f"),
+                 ("Δloss vs fp32", "loss_diff_vs_fp32", "+.4f"), ("ours/peer", "ratio_h", "")]
+COMPONENT_COLUMNS = [("axis", "axis", ""), ("option", "option_h", ""), ("params", "params_h", ""),
+                     ("step ms", "step_ms", ".1f"), ("tok/s", "tokens_per_s", ",.0f"),
+                     ("tok/s ×", "tokens_per_s_ratio", ".2f"), ("peak MiB", "peak_mib", ".1f"),
+                     ("mem ×", "peak_mib_ratio", ".2f"), ("note", "status_h", "")]
+TOKENIZER_COLUMNS = [("tokenizer", "tokenizer", ""), ("vocab", "vocab_size", ""), ("train s", "train_s", ".2f"),
+                     ("train ×", "train_s_ratio", ".2f"), ("encode MB/s", "encode_mb_per_s", ".2f"),
+                     ("encode ×", "encode_mb_per_s_ratio", ".2f"), ("tok/s", "encode_tokens_per_s", ",.0f"),
+                     ("bytes/token", "bytes_per_token", ".3f")]
+DATA_COLUMNS = [("shape", "shape", ""), ("model", "model", ""), ("dtype", "dtype", ""), ("batch ms", "batch_ms", ".3f"),
+                ("step ms", "step_ms", ".1f"), ("input share", "input_share", ".2%"), ("prepare s", "prepare_s", ".2f")]
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    peaks = result.get("peak_gflops", {})
+    out = [f"machine: {m['cpu']} ({m['cpu_count']} cores), device {m['device']}"
+           + (f" ({m['gpu']})" if m.get("gpu") else "") + f", {m['torch_threads']} torch threads, torch {m['torch']}"
+           + f", load average {', '.join(f'{x:.2f}' for x in m['load_average'] or [])}"
+           + (f" -> {', '.join(f'{x:.2f}' for x in result['load_average_after'])}" if result.get("load_average_after") else "")]
+    load = result.get("cpu_load")
+    if load:
+        out.append(f"during the run ({load['wall_s']:.0f} s): this process used {load['own_cpu_share']:.0%} of the "
+                   f"{load['cpus']} CPUs, other processes {load['others_cpu_share']:.0%}, hypervisor steal "
+                   f"{load['steal_share']:.0%}" + ("  <- BUSY MACHINE: absolute numbers are unreliable; the "
+                                                  "interleaved ratios less so" if load["others_cpu_share"] > 0.1
+                                                  or load["steal_share"] > 0.1 else ""))
+        if load["others_cpu_share"] > 0.1 and m["torch_threads"] >= (load["cpus"] or 1):
+            out.append("  with as many torch threads as cores and another process running, every parallel region "
+                       "waits for a descheduled thread (steps can get 10x slower): compare with --threads 1")
+    if peaks:
+        out.append("matmul peak: " + ", ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in peaks.items()))
+    if result.get("rows"):
+        rows = [{**r, "params_h": human(r["params"]),
+                 "ratio_h": f"{r['ours_over_peer']:.2f} ({r['vs']})" if r.get("ours_over_peer") else None}
+                for r in result["rows"]]
+        out += ["", table(rows, MODEL_COLUMNS),
+                f"step = zero_grad + forward + loss + backward + clip + AdamW; median of {result['config']['steps']} "
+                f"interleaved steps; tok/s = batch x context / median step; MFU = flops_per_token x tok/s / matmul "
+                f"peak of the dtype; loss = fp32 cross-entropy on a held-out random batch after the run (a peer starts "
+                f"from a copy of its preset's weights and sees the same batches: equal first-step losses (JSON "
+                f"first_loss) show it computes the same function; over the run rounding differences may grow); "
+                f"ours/peer = tok/s of our preset / tok/s of the peer.", MEMORY_NOTE]
+    if result.get("components"):
+        rows = [{**r, "params_h": human(r["params"]),
+                 "option_h": r["option"] + (" (default)" if r["default"] else ""),
+                 "status_h": None if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')[:60]}"}
+                for r in result["components"]]
+        out += ["", table(rows, COMPONENT_COLUMNS), "tok/s × and mem × are option / default. " + MEMORY_NOTE]
+    if result.get("tokenizer"):
+        out += ["", table(result["tokenizer"], TOKENIZER_COLUMNS)]
+    if result.get("data"):
+        out += ["", table(result["data"], DATA_COLUMNS)]
+    out += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(line if line.startswith(("-", " ")) or "  " in line.strip() else
+                     textwrap.fill(line, width=118, subsequent_indent="  ") for line in "\n".join(out).split("\n"))
+
+
+# ------------------------------------------------------------------------------------------------
+def comma_list(allowed: tuple[str, ...] | None):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if allowed is not None and t not in allowed]
+        if bad or (allowed is not None and not items):
+            raise argparse.ArgumentTypeError(f"{','.join(bad) or text!r}: choose from {', '.join(allowed)}")
+        return items
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    shapes = ", ".join(f"{k}: {v.n_layers} layers, {v.n_heads} heads, d_model {v.d_model}, context {v.context}, "
+                       f"batch {v.batch}, vocab {v.vocab}" for k, v in SHAPES.items())
+    p = argparse.ArgumentParser(prog="python -m ablate.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"shapes: {shapes}")
+    p.add_argument("--shapes", type=comma_list(tuple(SHAPES)), default=None, help="comma list (default A,B)")
+    p.add_argument("--presets", type=comma_list(PRESETS), default=list(PRESETS), help="our presets (default gpt2,llama)")
+    p.add_argument("--peers", type=comma_list(PEERS), default=list(PEERS),
+                   help="default nanogpt,hf_gpt2,hf_llama; hf_* need transformers")
+    p.add_argument("--no-peers", action="store_true", help="time our presets only")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per model (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model before timing (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--dtype", type=comma_list(tuple(DTYPES)), default=None,
+                   help="fp32, bf16 (autocast) or fp32,bf16 (default fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--components", action="store_true", help="every option of each axis vs the default (shape A)")
+    p.add_argument("--tokenizer", action="store_true", help="our BPE vs Hugging Face tokenizers (vocab 4096)")
+    p.add_argument("--tokenizer-vocab", type=int, default=4096)
+    p.add_argument("--data", action="store_true", help="input pipeline time vs step time")
+    p.add_argument("--models", action="store_true", help="the preset/peer table (the default when no section is named)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
+    p.add_argument("--peak-seconds", type=float, default=1.0, help="seconds per matmul-peak measurement")
+    args = p.parse_args(argv)
+    args.shapes_given = args.shapes is not None
+    args.shapes = args.shapes or ["A", "B"]
+    if args.no_peers:
+        args.peers = []
+    if args.steps < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--steps must be >= 1, --warmup >= 0, --threads >= 1")
+    if not (args.components or args.tokenizer or args.data):
+        args.models = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from ablate.bench_sections import bench_components, bench_data, bench_tokenizer  # they build on this module
+
+    args = parse_args(argv)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              "cpu" if args.device == "auto" else args.device)
+        args.dtype = args.dtype or (["bf16"] if device.type == "cuda" else ["fp32"])
+        notes: list[str] = []
+        load = CpuLoad()
+        result: dict[str, Any] = {
+            "machine": machine_info(device),
+            "config": {"shapes": {s: asdict(SHAPES[s]) for s in args.shapes}, "presets": args.presets,
+                       "peers": args.peers, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                       "dtypes": args.dtype, "memory": args.memory, "grad_clip": GRAD_CLIP, "seed": SEED},
+            "notes": notes,
+        }
+        if args.models or args.components:
+            result["peak_gflops"] = {d: matmul_peak(torch.bfloat16 if d == "bf16" else torch.float32, device,
+                                                    args.peak_seconds) for d in ("fp32", "bf16")}
+        peaks = result.get("peak_gflops", {})
+        if peaks and "bf16" in args.dtype and peaks["bf16"] < peaks["fp32"]:
+            notes.append(f"bf16 matmuls run at {peaks['bf16']:,.1f} GFLOP/s here against {peaks['fp32']:,.1f} in fp32 "
+                         f"(no native bf16 units on this {device.type}): bf16 autocast costs throughput on this machine")
+        if args.models:
+            result["rows"], result["ratios"] = bench_models(args, device, result["peak_gflops"], notes)
+        if args.components:
+            result["components"] = bench_components(args, device, notes)
+        if args.tokenizer:
+            result["tokenizer"] = bench_tokenizer(args, notes)
+        if args.data:
+            result["data"] = bench_data(args, device, notes)
+        result["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        result["cpu_load"] = load.result()
+        if args.memory and (args.models or args.components):
+            result["memory_definition"] = MEMORY_NOTE
+        print(report(result))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return result
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+if __name__ == "__main__":
+    main()
