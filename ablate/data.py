@@ -22,7 +22,7 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -346,8 +346,3 @@ def write_token_files(token_dir: Path, tokenizer, train_docs: list[str], val_doc
     }
     atomic_write_bytes(token_dir / "meta.json", json.dumps(meta, indent=2).encode())
 
-
-def iterate_batches(corpus: TokenizedCorpus, batch_size: int, context: int, rng: np.random.Generator) -> Iterator:
-    while True:
-        starts = corpus.random_starts("train", batch_size, context, rng)
-        yield corpus.windows("train", starts, context)

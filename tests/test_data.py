@@ -507,13 +507,6 @@ def test_random_starts_reach_every_valid_window():
             assert set(starts.tolist()) == set(range(extra + 1))
 
 
-def test_iterate_batches_draws_training_windows():
-    corpus = synthetic(train_len=30)
-    x, y = next(data.iterate_batches(corpus, 5, 4, np.random.default_rng(0)))
-    assert x.shape == (5, 4) and (x < 30).all() and np.array_equal(x + 1, y)
-
-
-# -- 7. unigram baseline and bits per byte --------------------------------------------------------------
 def test_unigram_loss_by_hand():
     train = np.array([0, 0, 1], dtype=np.uint16)
     val = np.array([0, 2], dtype=np.uint16)
