@@ -19,11 +19,7 @@ from omegaconf import DictConfig
 
 from components.attention import SelfAttention
 from components.ffn import hidden_size
-from components.registry import call, lookup
-
-
-def knobs_of(group: DictConfig) -> dict[str, Any]:
-    return {key: value for key, value in group.items() if key != "name"}
+from components.registry import call, knobs, lookup
 
 
 def count(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
@@ -34,7 +30,7 @@ def count(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
     norm = norm_cls.n_params(d, m.bias)
     placement = lookup("norm_pos", cfg.norm_pos.name)
     ffn, moe = lookup("ffn", cfg.ffn.name), lookup("moe", cfg.moe.name)
-    moe_knobs = knobs_of(cfg.moe)
+    moe_knobs = knobs(cfg.moe)
 
     attention = SelfAttention.n_params(d, m.n_heads, n_kv, m.bias)
     attention += lookup("qk_norm", cfg.qk_norm.name).n_params(norm_cls.n_params(d // m.n_heads, m.bias))
@@ -54,7 +50,7 @@ def count(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
                      d_model=d, d_ff=d_ff, **moe_knobs)
     matmul_per_layer = SelfAttention.n_params(d, m.n_heads, n_kv, False) + ff_matmul
     score_flops = call(lookup("attn", cfg.attn.name).flops_per_token, d_model=d, context_length=m.context_length,
-                       head_dim=d // m.n_heads, n_heads=m.n_heads, **knobs_of(cfg.attn))
+                       head_dim=d // m.n_heads, n_heads=m.n_heads, **knobs(cfg.attn))
     flops = 6 * (m.n_layers * matmul_per_layer + vocab_size * d) + 3 * m.n_layers * score_flops
     return {
         "params_total": total,

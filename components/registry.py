@@ -69,6 +69,11 @@ def accepted_kwargs(fn: Callable, available: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in available.items() if k in names}
 
 
+def knobs(group: Any) -> dict[str, Any]:
+    """An option's own settings: its config group (a mapping) without the `name` key."""
+    return {key: value for key, value in group.items() if key != "name"}
+
+
 def call(fn: Callable, /, **available: Any) -> Any:
     """Call `fn` with the keywords it accepts out of `available` (for option classmethods)."""
     return fn(**accepted_kwargs(fn, available))

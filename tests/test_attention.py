@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ablate.accounting import count
-from ablate.model import Transformer, knobs
+from ablate.model import Transformer
+from components.registry import knobs
 from ablate.validate import ConfigError, check
 from components.attention import (FullCausalAttention, LinearAttention, SlidingWindowAttention,
                                   StridedAttention)
