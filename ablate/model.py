@@ -56,6 +56,10 @@ class Transformer(nn.Module):
         if m.tie_embeddings:
             self.head.weight = self.embed.weight  # one matrix reads and writes tokens (Press & Wolf 2017)
         self.reset_parameters(m.init_std, m.n_layers)
+        # Modules that report losses or measurements after a forward (MoE routers), found once here
+        # rather than by walking every module at every step.
+        self.reporting = [(path, module) for path, module in self.named_modules()
+                          if hasattr(module, "last_aux_losses") or hasattr(module, "last_diagnostics")]
 
     def reset_parameters(self, std: float, n_layers: int) -> None:
         """N(0, std) weights, zero biases; residual output projections scaled by 1/sqrt(2 L) (GPT-2)."""
@@ -82,7 +86,7 @@ class Transformer(nn.Module):
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """Extra training losses the last forward produced (e.g. MoE load balancing), summed by name."""
         totals: dict[str, torch.Tensor] = {}
-        for module in self.modules():
+        for _, module in self.reporting:
             for name, value in getattr(module, "last_aux_losses", {}).items():
                 totals[name] = totals[name] + value if name in totals else value
         return totals
@@ -90,7 +94,7 @@ class Transformer(nn.Module):
     def diagnostics(self) -> dict[str, float | list[float]]:
         """Per-module measurements of the last forward (e.g. MoE expert load), keyed by module path."""
         found = {}
-        for path, module in self.named_modules():
+        for path, module in self.reporting:
             for name, value in getattr(module, "last_diagnostics", {}).items():
                 found[f"{name}/{path}"] = value.detach().float().tolist() if torch.is_tensor(value) else value
         return found

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ablate import accounting, distributed, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
 from ablate.distributed import World
+from ablate.hardware import autocast_dtype, process_age_s, resolve_device
 from ablate.checkpoint import CHECKPOINT, check_run_dir
 from ablate.model import Transformer
 from ablate.preemption import StopRequest
@@ -33,28 +34,18 @@ from components.registry import build, knobs
 EVAL_SEED = 1234  # validation windows depend only on this, so every run of a sweep sees the same ones
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on CPU (see README for the measured trade-off)."""
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def make_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only; norms' gains and biases are not decayed."""
+    """AdamW with weight decay on matrices only; norms' gains and biases are not decayed.
+
+    The fused kernel (one pass over all parameters) is used on CPU and CUDA: on CPU it made the
+    optimizer step 3x faster than torch's default per-tensor loop (`python -m ablate.bench`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                             fused=device.type == "cuda")
+                             fused=device.type in ("cpu", "cuda"))
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -262,7 +253,8 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         "unigram_val_loss": corpus.meta["unigram_val_loss"], **counts,
         "tokens_seen": run.tokens_seen, "steps": run.step, "wall_time_s": None, "tokens_per_s": None,
         "seed": cfg.train.seed, "choices": choices, "overrides": list(overrides or []),
-        "device": str(device), "processes": world.size, "data_prep_s": round(data_prep_s, 3),
+        "device": str(device), "dtype": "bf16" if autocast_dtype(cfg.train.dtype, device) else "fp32",
+        "processes": world.size, "data_prep_s": round(data_prep_s, 3), "first_step_s": None,
         "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
     }
     logger = build("logger", cfg.logger.name if world.is_main else "none", run_dir=run_dir, group=group or "single-runs",
@@ -278,6 +270,8 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
     try:
         while run.step < cfg.train.max_steps:
             terms, grad_norm = run.train_step()
+            if summary["first_step_s"] is None:  # launch to first step done: the start-up cost users wait for
+                summary["first_step_s"] = round(process_age_s(), 3)
             loss, objective = terms["ce"], sum(terms.values())
             interval_tokens += cfg.train.batch_size * cfg.model.context_length
             run.initial_loss = run.initial_loss or objective

@@ -10,13 +10,27 @@ DataFrames, ranked_tables + ranked_frame the report's tables, analysis.plots its
 The Hydra callback lives in `analysis.callbacks` (not imported here, so this package does not
 need hydra at import time).
 """
-from analysis.collect import find_runs, load_curves, load_results, swept_axes
-from analysis.build import NoRunsError, build_report
-from analysis.markdown import ranked_frame, verdict_text
-from analysis.stats import choose_metric, config_table, decide, ranked_tables
+from __future__ import annotations
 
-__all__ = [
-    "NoRunsError", "build_report", "choose_metric", "config_table", "decide", "find_runs",
-    "load_curves", "load_results", "ranked_frame", "ranked_tables", "swept_axes",
-    "verdict_text",
-]
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562): importing `analysis.callbacks` at Hydra start-up must not
+# pull in pandas, which costs about 0.4 s before every run's first step.
+_HOME = {
+    "find_runs": "collect", "load_curves": "collect", "load_results": "collect", "swept_axes": "collect",
+    "NoRunsError": "build", "build_report": "build",
+    "ranked_frame": "markdown", "verdict_text": "markdown",
+    "choose_metric": "stats", "config_table": "stats", "decide": "stats", "ranked_tables": "stats",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"analysis.{_HOME[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -86,7 +86,9 @@ def test_peers_compute_the_same_function_as_our_presets(models_run):
 
 def test_the_printed_table_names_every_model(models_run, capsys):
     _, result = models_run
-    text = bench.report(result)
+    from ablate.bench_report import report
+
+    text = report(result)
     for row in result["rows"]:
         assert row["model"] in text
     assert "tok/s" in text and "MFU" in text and "peak MiB" in text and "ours/peer" in text

@@ -1,0 +1,154 @@
+"""The fast paths compute what the plain ones do: fused AdamW, bf16 autocast on CPU, the background
+W&B start-up, the cached list of reporting modules; and a run reports its start-up time."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import types
+
+import pytest
+import torch
+
+from ablate import hardware
+from ablate.loggers import WandbLogger
+from ablate.model import Transformer
+from ablate.train import make_optimizer, train
+from tests.conftest import TINY, compose
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop():
+    cfg = compose(*TINY)
+    torch.manual_seed(0)
+    fused_model = Transformer(cfg, 300)
+    plain_model = Transformer(cfg, 300)
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = make_optimizer(fused_model, cfg, torch.device("cpu"))
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW([{**g, "params": list(p for p in plain_model.parameters() if (p.dim() >= 2) == (i == 0))}
+                               for i, g in enumerate(fused.param_groups)], foreach=False)
+    assert [g["weight_decay"] for g in plain.param_groups] == [cfg.optim.weight_decay, 0.0]
+    x = torch.randint(0, 300, (4, 16))
+    for _ in range(5):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+            optimizer.step()
+    for (name, a), b in zip(fused_model.state_dict().items(), plain_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+
+
+def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path):
+    losses = {}
+    for dtype in ("fp32", "bf16"):
+        cfg = compose(*TINY, "train.max_steps=8", "train.eval_interval=8", f"train.dtype={dtype}")
+        summary = train(cfg, tmp_path / dtype, progress=False)
+        assert summary["status"] == "completed" and summary["dtype"] == dtype
+        losses[dtype] = summary["final_val_loss"]
+        state = torch.load(tmp_path / dtype / "checkpoints" / "latest.pt", weights_only=False)
+        assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
+        moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k.startswith("exp_avg")]
+        assert moments and all(t.dtype == torch.float32 for t in moments)
+    assert losses["bf16"] != losses["fp32"]  # autocast really ran in bf16 ...
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)  # ... and trains the same model
+
+
+@pytest.mark.parametrize(("flags", "device", "expected"), [
+    ("fpu sse avx2", "cpu", None), ("fpu avx512f amx_bf16 amx_tile", "cpu", torch.bfloat16),
+    ("fpu avx2", "cuda", torch.bfloat16),
+])
+def test_auto_dtype_picks_bf16_only_where_it_is_fast(monkeypatch, tmp_path, flags, device, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))
+    assert hardware.autocast_dtype("auto", torch.device(device)) is expected
+    assert hardware.autocast_dtype("fp32", torch.device(device)) is None
+    assert hardware.autocast_dtype("bf16", torch.device(device)) is torch.bfloat16
+
+
+def test_process_age_counts_from_launch():
+    import subprocess
+
+    code = "import time; time.sleep(0.5); from ablate.hardware import process_age_s; print(process_age_s())"
+    started = time.perf_counter()
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.5 <= age <= time.perf_counter() - started + 0.05
+
+
+class FakeWandb(types.ModuleType):
+    """A stand-in `wandb` module: init takes a while (as the real one does) and may fail."""
+
+    def __init__(self, init_s: float = 0.3, fail: bool = False):
+        super().__init__("wandb")
+        self.init_s, self.fail, self.logged, self.init_thread, self.finished = init_s, fail, [], None, False
+        self.summary: dict = {}
+        self.Settings = lambda **kw: kw
+
+    def init(self, **kwargs):
+        self.init_thread = threading.current_thread()
+        time.sleep(self.init_s)
+        if self.fail:
+            raise RuntimeError("no network")
+        fake = self
+
+        class Run:
+            summary = fake.summary
+
+            def log(self, metrics, step):
+                fake.logged.append((step, dict(metrics)))
+
+            def finish(self):
+                fake.finished = True
+
+        return Run()
+
+
+def make_logger(tmp_path):
+    return WandbLogger(run_dir=tmp_path, config={"a": 1}, group="g", run_name="r", tags=["norm=rms"])
+
+
+def test_wandb_starts_in_the_background_and_receives_every_metric_in_order(monkeypatch, tmp_path):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = make_logger(tmp_path)
+    started = time.perf_counter()
+    for step in range(1, 6):
+        logger.log({"train_loss": 1.0 / step}, step=step)
+    assert time.perf_counter() - started < fake.init_s / 2  # logging never waited for W&B to start
+    logger.finish({"status": "completed", "final_val_loss": 0.5, "choices": {"norm": "rms"}})
+    assert fake.init_thread is not threading.main_thread()
+    assert fake.logged == [(step, {"train_loss": 1.0 / step}) for step in range(1, 6)]
+    assert fake.summary == {"status": "completed", "final_val_loss": 0.5} and fake.finished
+
+
+def test_wandb_failing_to_start_does_not_stop_training(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb(init_s=0.0, fail=True))
+    logger = make_logger(tmp_path)
+    logger.log({"train_loss": 1.0}, step=1)
+    logger.finish({"status": "completed"})
+    assert capsys.readouterr().err.count("W&B could not start (RuntimeError: no network)") == 1
+
+
+def test_a_run_through_the_wandb_logger_reports_its_steps_and_start_up_time(monkeypatch, tmp_path):
+    fake = FakeWandb(init_s=0.1)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = compose(*TINY, "logger=wandb", "train.max_steps=6", "train.log_interval=2", "train.eval_interval=6")
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert [step for step, _ in fake.logged] == [2, 4, 6]
+    on_disk = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [metrics for _, metrics in fake.logged] == on_disk
+    assert fake.summary["final_val_loss"] == summary["final_val_loss"] and fake.finished
+    assert 0 < summary["first_step_s"] < summary["wall_time_s"] + 600  # process age at the first step, seconds
+
+
+def test_auxiliary_losses_come_from_the_cached_reporting_modules():
+    cfg = compose(*TINY, "moe=topk", "moe.n_experts=4")
+    model = Transformer(cfg, 300)
+    routers = [m for m in model.modules() if hasattr(m, "last_aux_losses")]
+    assert len(routers) == cfg.model.n_layers and [m for _, m in model.reporting] == routers
+    model(torch.randint(0, 300, (2, 16)))
+    expected = sum(m.last_aux_losses["moe_aux_loss"] for m in routers)
+    assert torch.equal(model.auxiliary_losses()["moe_aux_loss"], expected)
