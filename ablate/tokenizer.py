@@ -292,12 +292,43 @@ def _merge_word(word: list[int], pair: Pair, new_id: int) -> list[int]:
     return out
 
 
+def _merge_word_counting(word: list[int], a: int, b: int, new_id: int, f: int, delta: defaultdict[Pair, int],
+                         w: int, where: defaultdict[Pair, set[int]]) -> list[int]:
+    """`_merge_word` that also records how the pair counts of word `w` (frequency f) change, touching
+    only the pairs around each merge: (left, a) and (b, right) become (left, X) and (X, right), and
+    (a, b) goes; two adjacent merges turn (b, a) into (X, X). Pairs it creates index `w` in `where`."""
+    out: list[int] = []
+    i, n = 0, len(word)
+    just_merged = False
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            delta[a, b] -= f
+            if out:
+                left = out[-1]
+                old_left = b if just_merged else left  # the byte pair that sat left of this `a`
+                delta[old_left, a] -= f
+                delta[left, new_id] += f
+                where[left, new_id].add(w)
+            out.append(new_id)
+            i += 2
+            just_merged = True
+        else:
+            if just_merged:  # the right neighbour of the merge before
+                delta[b, word[i]] -= f
+                delta[new_id, word[i]] += f
+                where[new_id, word[i]].add(w)
+            out.append(word[i])
+            i += 1
+            just_merged = False
+    return out
+
+
 def learn_merges(words: list[list[int]], freqs: list[int], num_merges: int) -> list[Pair]:
     """BPE merges for ``words`` (byte ids) occurring ``freqs`` times each; ``words`` is
     rewritten in place as merges are applied."""
     vocab = [bytes([i]) for i in range(256)] + [EOT.encode("utf-8")]
     counts: defaultdict[Pair, int] = defaultdict(int)
-    where: defaultdict[Pair, set[int]] = defaultdict(set)  # pair -> ids of words holding it
+    where: defaultdict[Pair, set[int]] = defaultdict(set)  # pair -> ids of words that held it (a superset)
     for w, (word, f) in enumerate(zip(words, freqs)):
         for p in zip(word, word[1:]):
             counts[p] += f
@@ -313,24 +344,17 @@ def learn_merges(words: list[list[int]], freqs: list[int], num_merges: int) -> l
         if not heap:
             break
         pair = heapq.heappop(heap)[2]
+        a, b = pair
         new_id = len(vocab)
         merges.append(pair)
-        vocab.append(vocab[pair[0]] + vocab[pair[1]])
+        vocab.append(vocab[a] + vocab[b])
         delta: defaultdict[Pair, int] = defaultdict(int)
         for w in where.pop(pair):
-            old, f = words[w], freqs[w]
-            new = words[w] = _merge_word(old, pair, new_id)
-            old_pairs, new_pairs = set(zip(old, old[1:])), set(zip(new, new[1:]))
-            for p in zip(old, old[1:]):
-                delta[p] -= f
-            for p in zip(new, new[1:]):
-                delta[p] += f
-            for p in old_pairs - new_pairs:
-                where[p].discard(w)
-            for p in new_pairs - old_pairs:
-                where[p].add(w)
+            word = words[w]
+            if a in word and b in word:  # else a stale entry (words keep their index entries): nothing to merge
+                words[w] = _merge_word_counting(word, a, b, new_id, freqs[w], delta, w, where)
         for p, d in delta.items():
-            if d == 0:  # e.g. the pairs of a word that sit away from the merge
+            if d == 0:
                 continue
             c = counts[p] = counts[p] + d
             if c > 0:

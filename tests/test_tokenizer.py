@@ -179,6 +179,13 @@ def test_parity_with_naive_trainer_hypothesis(docs: list[str]) -> None:
     assert tok.vocab_size == 257 + len(tok.merges)
 
 
+def test_parity_with_naive_trainer_on_runs_and_repeats() -> None:
+    """Overlapping and adjacent occurrences (aaaa, abab) are where incremental pair counting goes wrong."""
+    docs = ["aaaaaaa aaaa aaa aa a", "abababab ababa bab", "aabaabaab xyxyxyx", "zzzzzzzzzzzzzzzz"]
+    tok = BPETokenizer.train(docs, 300)
+    assert tok.merges == naive_train(docs, 300) and len(tok.merges) > 10
+
+
 def test_parity_on_small_corpus() -> None:
     assert small_bpe().merges == naive_train(SMALL_CORPUS * 3, 400)
 
