@@ -152,3 +152,18 @@ def test_auxiliary_losses_come_from_the_cached_reporting_modules():
     model(torch.randint(0, 300, (2, 16)))
     expected = sum(m.last_aux_losses["moe_aux_loss"] for m in routers)
     assert torch.equal(model.auxiliary_losses()["moe_aux_loss"], expected)
+
+
+def test_one_pass_z_loss_equals_the_two_pass_formula():
+    from ablate.train import loss_terms
+
+    logits = (4 * torch.randn(3, 7, 50)).requires_grad_()
+    targets = torch.randint(0, 50, (3, 7))
+    model = types.SimpleNamespace(auxiliary_losses=dict)
+    terms = loss_terms(model, logits, targets, 1e-2)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    z = 1e-2 * torch.logsumexp(logits, dim=-1).square().mean()
+    assert torch.allclose(terms["ce"], ce, rtol=1e-6) and torch.allclose(terms["z_loss"], z, rtol=1e-5)
+    fast = torch.autograd.grad(sum(terms.values()), logits)[0]
+    plain = torch.autograd.grad(ce + z, logits)[0]
+    assert torch.allclose(fast, plain, atol=1e-7)
