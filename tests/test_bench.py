@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -173,6 +174,22 @@ def test_data_section_reports_the_input_share(tmp_path, monkeypatch):
     assert row["model"] == "gpt2" and row["vocab_size"] == bench.SHAPES["tiny"].vocab
     assert 0 < row["input_share"] < 1
     assert row["input_share"] == pytest.approx(row["batch_ms"] / (row["batch_ms"] + row["step_ms"]))
+
+
+def test_startup_section_times_fresh_processes(tmp_path):
+    overrides = f"model=micro data=text data.path={POEMS} tokenizer.vocab_size=300"
+    started = time.perf_counter()
+    result = bench.main(["--startup", "--repeats", "1", "--run-overrides", overrides,
+                         "--json", str(tmp_path / "b.json")])
+    elapsed = time.perf_counter() - started
+    startup = json.loads((tmp_path / "b.json").read_text())["startup"]
+    assert startup == json.loads(json.dumps(result["startup"]))
+    assert startup["overrides"] == overrides.split() and startup["repeats"] == 1
+    for key in ("cfg_job_s", "first_step_s_wandb", "first_step_s_none", "one_step_run_wall_s_none"):
+        assert 0 < startup[key] < elapsed, key
+    # first_step_s counts from the child's launch: never more than the wall time its parent saw
+    assert startup["first_step_s_none"] < startup["one_step_run_wall_s_none"]
+    assert startup["first_step_s_wandb"] < startup["one_step_run_wall_s_wandb"]
 
 
 def test_hf_peers_are_skipped_with_a_note_without_transformers(monkeypatch):
