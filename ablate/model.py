@@ -15,6 +15,7 @@ from torch import nn
 
 from components.attention import SelfAttention
 from components.ffn import hidden_size
+from components.layers import dropout as dropout_layer
 from components.registry import build, call, knobs, lookup
 
 
@@ -47,7 +48,7 @@ class Transformer(nn.Module):
         self.embed_scale = m.d_model ** 0.5 if m.scale_embeddings else None  # Gemma: embeddings * sqrt(d_model)
         self.pos = build("pos", cfg.pos.name, d_model=m.d_model, head_dim=head_dim, n_heads=m.n_heads,
                          context_length=m.context_length, init_std=m.init_std, **knobs(cfg.pos))
-        self.dropout = nn.Dropout(m.dropout)
+        self.dropout = dropout_layer(m.dropout)
         self.blocks = nn.ModuleList(block() for _ in range(m.n_layers))
         needs_final_norm = lookup("norm_pos", cfg.norm_pos.name).final_norm
         self.final_norm = make_norm() if needs_final_norm else nn.Identity()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.layers import dropout as dropout_layer
 from components.registry import register
 
 
@@ -41,7 +42,7 @@ class MLP(FeedForward):
         super().__init__()
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(self.activation(self.up(x))))
@@ -57,7 +58,7 @@ class GatedMLP(FeedForward):
         super().__init__()
         self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One matmul per half of the fused [W; V] rows: contiguous gate and up tensors make the gating

@@ -167,3 +167,15 @@ def test_one_pass_z_loss_equals_the_two_pass_formula():
     fast = torch.autograd.grad(sum(terms.values()), logits)[0]
     plain = torch.autograd.grad(ce + z, logits)[0]
     assert torch.allclose(fast, plain, atol=1e-7)
+
+
+def test_dropout_is_skipped_only_when_zero():
+    x = torch.randint(0, 300, (2, 16))
+    for p in (0.0, 0.3):
+        model = Transformer(compose(*TINY, f"model.dropout={p}"), 300)
+        kinds = {type(m) for m in model.modules()}
+        assert (torch.nn.Dropout in kinds) == (p > 0)
+        model.train()
+        assert torch.equal(model(x), model(x)) == (p == 0)  # dropout draws a new mask each call
+        model.eval()
+        assert torch.equal(model(x), model(x))
