@@ -6,6 +6,7 @@
     python -m ablate.bench --components                     # every option of every axis vs the default (shape A)
     python -m ablate.bench --tokenizer                      # our BPE trainer/encoder vs Hugging Face tokenizers
     python -m ablate.bench --data                           # input pipeline (memmap batches) vs step time
+    python -m ablate.bench --startup                        # `run.py --cfg job` time, launch to first step
 
 What one step is, for every model alike: zero_grad, forward, next-token cross-entropy (ours: the whole
 training objective of `ablate.train.loss_terms`), backward, gradient clipping at 1.0, AdamW step
@@ -20,13 +21,7 @@ MFU = flops_per_token (ablate.accounting: 6 x matmul weights + 3 x attention sco
 the same formula for a peer as for the preset of the same shape) x tokens/s / measured matmul peak of
 the dtype the matmuls ran in.
 
-Peak memory: the largest amount of live torch tensor memory during the first two training steps of a
-model: its parameters plus what the allocator handed out and had not yet taken back (gradients, AdamW
-state, activations, temporaries). On CUDA that is torch.cuda.max_memory_allocated; on CPU it is read
-from the allocator's events under torch.profiler (profile_memory=True), which sees every allocation
-torch makes on the CPU but not memory held by the Python interpreter or libraries outside torch's
-allocator. It is a property of the model and the step, not of the process, so it does not depend on
-which model ran before.
+Peak memory: see ablate/bench_memory.py.
 
 `transformers` and `tokenizers` are optional (`pip install -e ".[hf]"`): without them the peers or the
 tokenizer comparison are skipped with a note.
@@ -35,13 +30,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import functools
 import importlib.util
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,32 +42,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ablate.bench_configs import SHAPES, Shape, preset_config
 from ablate.bench_machine import CpuLoad, machine_info, matmul_peak, synchronize
+from ablate.bench_memory import MEMORY_NOTE, measure_memory  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 MIB = 2 ** 20
 
 
-@dataclass(frozen=True)
-class Shape:
-    n_layers: int
-    n_heads: int
-    d_model: int
-    context: int
-    batch: int
-    vocab: int = 2048
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.context
-
-
-SHAPES = {
-    "tiny": Shape(n_layers=2, n_heads=2, d_model=32, context=16, batch=2, vocab=512),  # tests
-    "A": Shape(n_layers=4, n_heads=4, d_model=128, context=64, batch=12),
-    "B": Shape(n_layers=6, n_heads=6, d_model=384, context=256, batch=16),
-}
 PRESETS = ("gpt2", "llama")
 PEERS = ("nanogpt", "hf_gpt2", "hf_llama")
 PEER_OF = {"nanogpt": "gpt2", "hf_gpt2": "gpt2", "hf_llama": "llama"}  # peer -> the preset it mirrors
@@ -86,54 +59,6 @@ SEED = 0
 GRAD_CLIP = 1.0
 # Extra overrides for the --data section's corpus (tests point it at a small text corpus).
 DATA_OVERRIDES: tuple[str, ...] = ()
-
-MEMORY_NOTE = ("peak MiB: the most live torch tensor memory during a model's first two steps (parameters, "
-               "gradients, AdamW state, activations, temporaries); CPU: allocator events under torch.profiler, "
-               "CUDA: torch.cuda.max_memory_allocated. Not the process RSS: interpreter and library memory "
-               "outside torch's allocator is not counted.")
-
-
-# ------------------------------------------------------------------------------------------------
-# configs
-def compose(overrides: list[str]):
-    """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API, conf/ of this repo)."""
-    return copy.deepcopy(_compose(tuple(overrides)))
-
-
-@functools.lru_cache(maxsize=None)
-def _compose(overrides: tuple[str, ...]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import ablate.config  # noqa: F401  (registers the schema)
-
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_dir(config_dir=str(CONF), version_base=None)
-    return hydra_compose("config", overrides=list(overrides))
-
-
-def with_option(cfg, axis: str, option: str):
-    """`cfg` with `axis=option`, as Hydra's defaults list does it: the option's YAML file merged into the
-    group's typed node (one Hydra composition per option would cost a third of a second each)."""
-    from omegaconf import OmegaConf
-
-    cfg = copy.deepcopy(cfg)
-    path = CONF / axis / f"{option}.yaml"
-    schema = OmegaConf.structured(OmegaConf.get_type(cfg, axis))
-    cfg[axis] = OmegaConf.merge(schema, OmegaConf.load(path)) if path.is_file() else OmegaConf.merge(schema, {"name": option})
-    return cfg
-
-
-def shape_overrides(shape: Shape) -> list[str]:
-    return [f"model.n_layers={shape.n_layers}", f"model.n_heads={shape.n_heads}", f"model.d_model={shape.d_model}",
-            f"model.context_length={shape.context}", "model.n_kv_heads=null", "model.dropout=0.0",
-            f"tokenizer.vocab_size={shape.vocab}", f"train.batch_size={shape.batch}", "logger=none"]
-
-
-def preset_config(preset: str | None, shape: Shape, extra: list[str] = ()):
-    return compose(([f"+experiment={preset}"] if preset else []) + shape_overrides(shape) + list(extra))
-
 
 # ------------------------------------------------------------------------------------------------
 # one benchmarked model
@@ -263,75 +188,6 @@ def make_batches(shape: Shape, count: int, device: torch.device, seed: int = SEE
         tokens = torch.randint(0, shape.vocab, (shape.batch, shape.context + 1), generator=gen)
         batches.append((tokens[:, :-1].contiguous().to(device), tokens[:, 1:].contiguous().to(device)))
     return batches
-
-
-# ------------------------------------------------------------------------------------------------
-# peak memory
-@contextlib.contextmanager
-def quiet_fd2():
-    """Silence C-level stderr (the profiler prints start/stop lines there)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def state_bytes(candidate: Candidate) -> int:
-    """Bytes of the tensors the model and optimizer hold between steps (parameters, buffers, grads, AdamW state)."""
-    seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        if torch.is_tensor(t) and t.device.type == candidate.device.type:
-            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            if key not in seen:
-                seen.add(key)
-                total += t.untyped_storage().nbytes()
-
-    for p in candidate.model.parameters():
-        add(p)
-        add(p.grad)
-    for b in candidate.model.buffers():
-        add(b)
-    for state in candidate.optimizer.state.values():
-        for value in state.values():
-            add(value)
-    return total
-
-
-def measure_memory(candidate: Candidate, batches, steps: int = 2) -> int:
-    """Peak live tensor bytes over `steps` training steps (see the module docstring)."""
-    held = state_bytes(candidate)
-    device = candidate.device
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        for i in range(steps):
-            candidate.step(*batches[i % len(batches)])
-        return held + torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        for i in range(steps):
-            candidate.step(*batches[i % len(batches)])
-    events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return held + peak
 
 
 # ------------------------------------------------------------------------------------------------

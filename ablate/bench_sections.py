@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.bench import (ARCH_AXES, CONF, DATA_OVERRIDES, MIB, SEED, SHAPES, Shape, make_batches, make_candidate,
-                          preset_config, run_interleaved, with_option)
+from ablate.bench import (ARCH_AXES, DATA_OVERRIDES, MIB, SEED, make_batches, make_candidate, run_interleaved)
+from ablate.bench_configs import CONF, SHAPES, Shape, preset_config, with_option
 from ablate.bench_machine import synchronize
 
 ROOT = Path(__file__).resolve().parents[1]

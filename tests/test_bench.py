@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from ablate import bench, bench_sections
+from ablate import bench, bench_configs, bench_sections
 from ablate.bench_peers import copy_from_ours, nanogpt_like
 from tests.conftest import POEMS
 
@@ -120,7 +120,7 @@ def test_component_configs_equal_hydra_composition(axis, option):
     from omegaconf import OmegaConf
 
     shape = bench.SHAPES["tiny"]
-    fast = bench.with_option(bench.preset_config(None, shape), axis, option)
+    fast = bench_configs.with_option(bench.preset_config(None, shape), axis, option)
     plain = bench.preset_config(None, shape, [f"{axis}={option}"])
     assert OmegaConf.to_container(fast) == OmegaConf.to_container(plain)
 

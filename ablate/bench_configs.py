@@ -1,0 +1,71 @@
+"""The benchmark's shapes, and configs composed the way `python ablate/run.py` composes them."""
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layers: int
+    n_heads: int
+    d_model: int
+    context: int
+    batch: int
+    vocab: int = 2048
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.context
+
+
+SHAPES = {
+    "tiny": Shape(n_layers=2, n_heads=2, d_model=32, context=16, batch=2, vocab=512),  # tests
+    "A": Shape(n_layers=4, n_heads=4, d_model=128, context=64, batch=12),
+    "B": Shape(n_layers=6, n_heads=6, d_model=384, context=256, batch=16),
+}
+
+
+def compose(overrides: list[str]):
+    """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API, conf/ of this repo)."""
+    return copy.deepcopy(_compose(tuple(overrides)))
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(overrides: tuple[str, ...]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import ablate.config  # noqa: F401  (registers the schema)
+
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(CONF), version_base=None)
+    return hydra_compose("config", overrides=list(overrides))
+
+
+def with_option(cfg, axis: str, option: str):
+    """`cfg` with `axis=option`, as Hydra's defaults list does it: the option's YAML file merged into the
+    group's typed node (one Hydra composition per option would cost a third of a second each)."""
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(cfg)
+    path = CONF / axis / f"{option}.yaml"
+    schema = OmegaConf.structured(OmegaConf.get_type(cfg, axis))
+    cfg[axis] = OmegaConf.merge(schema, OmegaConf.load(path)) if path.is_file() else OmegaConf.merge(schema, {"name": option})
+    return cfg
+
+
+def shape_overrides(shape: Shape) -> list[str]:
+    return [f"model.n_layers={shape.n_layers}", f"model.n_heads={shape.n_heads}", f"model.d_model={shape.d_model}",
+            f"model.context_length={shape.context}", "model.n_kv_heads=null", "model.dropout=0.0",
+            f"tokenizer.vocab_size={shape.vocab}", f"train.batch_size={shape.batch}", "logger=none"]
+
+
+def preset_config(preset: str | None, shape: Shape, extra: list[str] = ()):
+    return compose(([f"+experiment={preset}"] if preset else []) + shape_overrides(shape) + list(extra))
