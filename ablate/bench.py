@@ -237,6 +237,21 @@ def available_peers(peers: list[str], notes: list[str]) -> list[str]:
     return list(peers)
 
 
+def compiled(candidate: Candidate, batch) -> Candidate:
+    """The candidate's model under torch.compile (as train.compile=true), compiled by one training step
+    whose effect is then undone, so it starts from the same weights as the eager models."""
+    import copy
+
+    eager = candidate.model
+    saved = copy.deepcopy((eager.state_dict(), candidate.optimizer.state_dict()))
+    candidate.model = torch.compile(eager)
+    candidate.extra["compile_s"] = candidate.step(*batch)
+    eager.load_state_dict(saved[0])
+    candidate.optimizer.load_state_dict(saved[1])
+    candidate.losses.clear()
+    return candidate
+
+
 def bench_models(args, device, peaks, notes) -> tuple[list[dict], list[dict]]:
     peers = available_peers(args.peers, notes)
     rows, ratios = [], []
@@ -248,6 +263,10 @@ def bench_models(args, device, peaks, notes) -> tuple[list[dict], list[dict]]:
             candidates += [make_candidate(p, "peer", shape_name, shape, dtype, device) for p in peers]
         batches = make_batches(shape, max(args.warmup + args.steps, 2), device)
         eval_batch = make_batches(shape, 1, device, seed=SEED + 1)[0]
+        if args.compile:
+            candidates += [compiled(make_candidate(f"{p}+compile", "ours", shape_name, shape, dtype, device, preset=p,
+                                                   extra={"eager": p}), batches[0])
+                           for dtype in args.dtype for p in args.presets]
         run_interleaved(candidates, batches, args.warmup, args.steps, args.memory, eval_batch)
         shape_rows = [row_of(c, peaks) for c in candidates]
         by_key = {(r["model"], r["dtype"]): r for r in shape_rows}
@@ -266,6 +285,9 @@ def bench_models(args, device, peaks, notes) -> tuple[list[dict], list[dict]]:
                     "peak_mib_ratio": (ours["peak_mib"] / r["peak_mib"]) if ours["peak_mib"] and r["peak_mib"] else None,
                     "loss_diff": ours["final_loss"] - r["final_loss"],
                 })
+        for r in shape_rows:
+            if "eager" in r:  # a compiled preset: its speed-up over the same preset in eager mode
+                r["over_eager"] = r["tokens_per_s"] / by_key[(r["eager"], r["dtype"])]["tokens_per_s"]
         rows += shape_rows
         del candidates
     return rows, ratios
@@ -309,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-overrides", type=lambda text: text.split(), default=[], metavar="'K=V ...'",
                    help="extra run.py overrides for --startup (e.g. a small corpus)")
     p.add_argument("--models", action="store_true", help="the preset/peer table (the default when no section is named)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each preset under torch.compile (train.compile=true); reports the compile time")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
     p.add_argument("--peak-seconds", type=float, default=1.0, help="seconds per matmul-peak measurement")
     args = p.parse_args(argv)

@@ -66,7 +66,8 @@ def report(result: dict[str, Any]) -> str:
         out.append("matmul peak: " + ", ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in peaks.items()))
     if result.get("rows"):
         rows = [{**r, "params_h": human(r["params"]),
-                 "ratio_h": f"{r['ours_over_peer']:.2f} ({r['vs']})" if r.get("ours_over_peer") else None}
+                 "ratio_h": f"{r['ours_over_peer']:.2f} ({r['vs']})" if r.get("ours_over_peer") else
+                 f"{r['over_eager']:.2f} (eager; compile {r['compile_s']:.0f} s)" if r.get("over_eager") else None}
                 for r in result["rows"]]
         out += ["", table(rows, MODEL_COLUMNS),
                 f"step = zero_grad + forward + loss + backward + clip + AdamW; median of {result['config']['steps']} "

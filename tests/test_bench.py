@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import time
 
 import pytest
@@ -190,6 +191,20 @@ def test_startup_section_times_fresh_processes(tmp_path):
     # first_step_s counts from the child's launch: never more than the wall time its parent saw
     assert startup["first_step_s_none"] < startup["one_step_run_wall_s_none"]
     assert startup["first_step_s_wandb"] < startup["one_step_run_wall_s_wandb"]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C compiler")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside torch.compile
+def test_compiled_presets_compute_what_the_eager_ones_do(tmp_path):
+    result = bench.main([*FAST, "--presets", "gpt2", "--no-peers", "--steps", "2", "--warmup", "0", "--compile",
+                         "--no-memory"])
+    rows = {r["model"]: r for r in result["rows"]}
+    eager, compiled = rows["gpt2"], rows["gpt2+compile"]
+    assert compiled["first_loss"] == pytest.approx(eager["first_loss"], abs=1e-5)  # same weights at the start
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], abs=1e-4)
+    assert compiled["over_eager"] == pytest.approx(compiled["tokens_per_s"] / eager["tokens_per_s"])
+    assert compiled["compile_s"] > 0 and "over_eager" not in eager
 
 
 def test_hf_peers_are_skipped_with_a_note_without_transformers(monkeypatch):
