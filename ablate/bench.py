@@ -7,6 +7,7 @@
     python -m ablate.bench --tokenizer                      # our BPE trainer/encoder vs Hugging Face tokenizers
     python -m ablate.bench --data                           # input pipeline (memmap batches) vs step time
     python -m ablate.bench --startup                        # `run.py --cfg job` time, launch to first step
+    python -m ablate.bench --shapes B --compile             # presets also under torch.compile, vs eager
 
 What one step is, for every model alike: zero_grad, forward, next-token cross-entropy (ours: the whole
 training objective of `ablate.train.loss_terms`), backward, gradient clipping at 1.0, AdamW step
