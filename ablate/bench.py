@@ -45,7 +45,7 @@ from torch import nn
 
 from ablate.bench_configs import SHAPES, Shape, preset_config
 from ablate.bench_machine import CpuLoad, machine_info, matmul_peak, synchronize
-from ablate.bench_memory import MEMORY_NOTE, measure_memory  # noqa: F401
+from ablate.bench_memory import MEMORY_NOTE, measure_memory
 
 MIB = 2 ** 20
 
@@ -360,6 +360,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               "cpu" if args.device == "auto" else args.device)
         args.dtype = args.dtype or (["bf16"] if device.type == "cuda" else ["fp32"])
+
+        def peak_of(dtype: str) -> float:
+            return matmul_peak(DTYPES[dtype] or torch.float32, device, args.peak_seconds)
+
         notes: list[str] = []
         load = CpuLoad()
         result: dict[str, Any] = {
@@ -370,8 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "notes": notes,
         }
         if args.models or args.components:
-            result["peak_gflops"] = {d: matmul_peak(torch.bfloat16 if d == "bf16" else torch.float32, device,
-                                                    args.peak_seconds) for d in ("fp32", "bf16")}
+            result["peak_gflops"] = {d: peak_of(d) for d in DTYPES}
         peaks = result.get("peak_gflops", {})
         if peaks and "bf16" in args.dtype and peaks["bf16"] < peaks["fp32"]:
             notes.append(f"bf16 matmuls run at {peaks['bf16']:,.1f} GFLOP/s here against {peaks['fp32']:,.1f} in fp32 "
@@ -380,8 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["rows"], result["ratios"] = bench_models(args, device, result["peak_gflops"], notes)
             # A shared machine's speed drifts over minutes: measure the peak again after the table and
             # take the higher of the two, so MFU is never flattered by a slow first measurement.
-            after = {d: matmul_peak(torch.bfloat16 if d == "bf16" else torch.float32, device, args.peak_seconds)
-                     for d in args.dtype}
+            after = {d: peak_of(d) for d in args.dtype}
             result["peak_gflops_before"] = dict(peaks)
             for d, gflops in after.items():
                 peaks[d] = max(peaks[d], gflops)

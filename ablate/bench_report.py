@@ -7,6 +7,7 @@ from typing import Any
 
 from ablate.bench_memory import MEMORY_NOTE
 
+
 def fmt(value, spec: str) -> str:
     if value is None:
         return "-"
@@ -94,5 +95,3 @@ def report(result: dict[str, Any]) -> str:
     out += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(line if line.startswith(("-", " ")) or "  " in line.strip() else
                      textwrap.fill(line, width=118, subsequent_indent="  ") for line in "\n".join(out).split("\n"))
-
-

@@ -7,7 +7,6 @@ import os
 import statistics
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +14,6 @@ import torch
 from ablate.bench import (ARCH_AXES, DATA_OVERRIDES, MIB, SEED, make_batches, make_candidate, run_interleaved)
 from ablate.bench_configs import CONF, SHAPES, Shape, preset_config, with_option
 from ablate.bench_machine import synchronize
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def axis_options(axis: str) -> list[str]:

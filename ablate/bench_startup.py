@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from ablate.bench_configs import ROOT
+
 RUN = [sys.executable, str(ROOT / "ablate" / "run.py")]
 
 

@@ -84,7 +84,7 @@ class Run:
         self.rng = np.random.default_rng(cfg.train.seed)
         self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
         self.checkpoint_path = run_dir / CHECKPOINT
-        amp = autocast_dtype(cfg.train.dtype, device)
+        self.amp_dtype = amp = autocast_dtype(cfg.train.dtype, device)  # None: plain fp32
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,
                                       cfg.model.context_length, np.random.default_rng(EVAL_SEED))
@@ -257,7 +257,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         "unigram_val_loss": corpus.meta["unigram_val_loss"], **counts,
         "tokens_seen": run.tokens_seen, "steps": run.step, "wall_time_s": None, "tokens_per_s": None,
         "seed": cfg.train.seed, "choices": choices, "overrides": list(overrides or []),
-        "device": str(device), "dtype": "bf16" if autocast_dtype(cfg.train.dtype, device) else "fp32",
+        "device": str(device), "dtype": "bf16" if run.amp_dtype else "fp32",
         "processes": world.size, "data_prep_s": round(data_prep_s, 3), "first_step_s": None,
         "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
     }
