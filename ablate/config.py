@@ -143,7 +143,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-steps per optimizer step; batch_size is split across them
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on cuda and AMX CPUs, fp32 elsewhere) | fp32 | bf16
+    dtype: str = "auto"  # auto (bf16 autocast where it measures fast: see ablate.hardware) | fp32 | bf16
     compile: bool = False
     eval_interval: int = 100
     eval_batches: int = 8  # fixed validation windows, the same for every run of a sweep

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ablate import accounting, distributed, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
 from ablate.distributed import World
-from ablate.hardware import autocast_dtype, process_age_s, resolve_device
+from ablate.hardware import choose_precision, process_age_s, resolve_device
 from ablate.checkpoint import CHECKPOINT, check_run_dir
 from ablate.model import Transformer
 from ablate.preemption import StopRequest
@@ -84,7 +84,9 @@ class Run:
         self.rng = np.random.default_rng(cfg.train.seed)
         self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
         self.checkpoint_path = run_dir / CHECKPOINT
-        self.amp_dtype = amp = autocast_dtype(cfg.train.dtype, device)  # None: plain fp32
+        # rank 0 decides (a probe on every rank would measure the others' load), every rank computes alike
+        self.precision = world.broadcast(choose_precision(cfg.train.dtype, device) if world.is_main else None)
+        amp = self.precision.autocast  # None: plain fp32
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,
                                       cfg.model.context_length, np.random.default_rng(EVAL_SEED))
@@ -257,7 +259,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         "unigram_val_loss": corpus.meta["unigram_val_loss"], **counts,
         "tokens_seen": run.tokens_seen, "steps": run.step, "wall_time_s": None, "tokens_per_s": None,
         "seed": cfg.train.seed, "choices": choices, "overrides": list(overrides or []),
-        "device": str(device), "dtype": "bf16" if run.amp_dtype else "fp32",
+        "device": str(device), "dtype": run.precision.name, "dtype_reason": run.precision.reason,
         "processes": world.size, "data_prep_s": round(data_prep_s, 3), "first_step_s": None,
         "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
     }

@@ -62,7 +62,8 @@ def compose(*overrides: str):
 
 
 TINY = ("model=micro", "data=text", f"data.path={POEMS}", "tokenizer.vocab_size=400", "logger=none",
-        "train.batch_size=8", "train.eval_batches=2", "train.sample_tokens=20")
+        "train.batch_size=8", "train.eval_batches=2", "train.sample_tokens=20",
+        "train.dtype=fp32")  # the same numbers on every machine (`auto` picks bf16 where it measures fast)
 
 
 @pytest.fixture(scope="session", autouse=True)

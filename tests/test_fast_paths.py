@@ -39,34 +39,32 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop():
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
 
 
-def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path):
-    losses = {}
-    for dtype in ("fp32", "bf16"):
-        cfg = compose(*TINY, "train.max_steps=8", "train.eval_interval=8", f"train.dtype={dtype}")
-        summary = train(cfg, tmp_path / dtype, progress=False)
-        assert summary["status"] == "completed" and summary["dtype"] == dtype
-        losses[dtype] = summary["final_val_loss"]
+BF16_LOSS_RTOL = 2e-3  # bf16 autocast against fp32, every logged train loss of a short run (seen: 2e-5)
+
+
+def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path, monkeypatch):
+    """bf16 autocast follows fp32's loss curve within BF16_LOSS_RTOL while weights and AdamW moments stay fp32;
+    `auto` on a CPU whose probe measures bf16 fast trains exactly what `bf16` trains and says why."""
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))  # a fresh probe cache, filled by the stand-in
+    monkeypatch.setattr(hardware, "measure_matmuls", lambda: (115.0, 475.0))  # an AVX-512 BF16 core
+    curves, summaries = {}, {}
+    for dtype in ("fp32", "bf16", "auto"):
+        cfg = compose(*TINY, "train.max_steps=16", "train.eval_interval=8", "train.log_interval=1",
+                      f"train.dtype={dtype}")
+        summaries[dtype] = summary = train(cfg, tmp_path / dtype, progress=False)
+        assert summary["status"] == "completed"
+        curves[dtype] = [json.loads(line)["train_loss"] for line in (tmp_path / dtype / "metrics.jsonl").open()]
         state = torch.load(tmp_path / dtype / "checkpoints" / "latest.pt", weights_only=False)
         assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
         moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k.startswith("exp_avg")]
         assert moments and all(t.dtype == torch.float32 for t in moments)
-    assert losses["bf16"] != losses["fp32"]  # autocast really ran in bf16 ...
-    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)  # ... and trains the same model
-
-
-@pytest.mark.parametrize(("flags", "device", "expected"), [
-    ("fpu sse avx2", "cpu", None), ("fpu avx512f amx_bf16 amx_tile", "cpu", torch.bfloat16),
-    ("fpu avx2", "cuda", torch.bfloat16),
-])
-def test_auto_dtype_picks_bf16_only_where_it_is_fast(monkeypatch, tmp_path, flags, device, expected):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
-                                                                          *a, **k))
-    assert hardware.autocast_dtype("auto", torch.device(device)) is expected
-    assert hardware.autocast_dtype("fp32", torch.device(device)) is None
-    assert hardware.autocast_dtype("bf16", torch.device(device)) is torch.bfloat16
+    assert [summaries[d]["dtype"] for d in curves] == ["fp32", "bf16", "bf16"]
+    assert summaries["bf16"]["dtype_reason"] == "train.dtype=bf16 (set explicitly)"
+    assert summaries["auto"]["dtype_reason"].startswith("auto: bf16 matmul 4.1x fp32 on this CPU (probe ")
+    assert curves["auto"] == curves["bf16"]  # the same computation, bit for bit
+    assert curves["bf16"] != curves["fp32"]  # autocast really ran in bf16 ...
+    assert curves["bf16"] == pytest.approx(curves["fp32"], rel=BF16_LOSS_RTOL)  # ... and trains the same model
+    assert summaries["bf16"]["final_val_loss"] == pytest.approx(summaries["fp32"]["final_val_loss"], rel=BF16_LOSS_RTOL)
 
 
 def test_process_age_counts_from_launch():
