@@ -26,9 +26,9 @@ _IMPORTED_AT = time.monotonic()  # origin of process_age_s where /proc is missin
 
 # bf16 autocast must run the probe's matmul at least this many times faster than fp32 before `auto` takes it:
 # autocast adds casts, and norms, softmax and the optimizer gain nothing, so a step gains far less than its
-# matmuls do (here: matmuls 3.9x, a step 1.2-2.5x). The machines seen so far sit far from it on both sides
-# (AVX2 emulating bf16: 0.01x; AVX-512 BF16: 3.8-4.2x; AMX: 3.5-7x), so the margin only settles doubtful cases,
-# and it settles them towards fp32: a wrong fp32 costs speed, a wrong bf16 costs speed and precision.
+# matmuls do (AVX-512 BF16 EPYC: probe 4.1x, llama step 1.26x at bench shape A, 2.61x at B). The machines seen
+# so far sit far from it on both sides (AVX2 emulating bf16: 0.01x; AVX-512 BF16: 3.4-4.2x; AMX: 3.5-7x), so
+# the margin only settles doubtful cases, and towards fp32: a wrong fp32 costs speed, a wrong bf16 also precision.
 BF16_MARGIN = 2.0
 # tokens x d_model -> d_ff of the default `nano` model's feed-forward (batch 16 x context 128, 128 -> 512):
 # 0.27 GFLOP: about a millisecond on a core with bf16 units, 0.2-0.5 s on one that emulates bf16.
