@@ -1,7 +1,8 @@
-"""Entry point: `python ablate/run.py [group=option ...] [key=value ...] [-m]`.
+"""Entry point: `python ablate/run.py [group=option ...] [key=value ...] [-m]` (`--help` explains all).
 
 Composes conf/config.yaml with the command line (Hydra), then trains one model per job.
 Heavy modules (torch) are imported inside the job, so `--cfg job` and `--help` stay fast.
+Flags such as `-m` may stand anywhere on the line (ablate.cli moves them before the overrides).
 """
 import sys
 from pathlib import Path
@@ -13,37 +14,21 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import ablate.config  # noqa: E402,F401  (registers the schema in Hydra's ConfigStore)
+from ablate import feedback, help_page  # noqa: E402
+from ablate.cli import flags_first, refuse_unknown_options  # noqa: E402,F401  (re-exported for tests)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def refuse_unknown_options(argv: list[str]) -> None:
-    """`group=option` naming no conf/group/option.yaml: one clear line instead of Hydra's search-path dump.
-
-    Comma lists (multirun sweeps) are checked item by item; sweep functions (range(...), choice(...))
-    are left to Hydra.
-    """
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        group = key.lstrip("+~")
-        if arg.startswith("-") or not sep or "(" in value or group.startswith("hydra/") or not (CONF / group).is_dir():
-            continue  # hydra/* groups also come from installed plugins: Hydra checks those
-        valid = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-        for option in value.split(","):
-            if option not in valid:
-                print(f"ablate: refused before training: {group}={option} is not an option of the config "
-                      f"group `{group}`. Valid choices: {', '.join(valid)} (one YAML file each in "
-                      f"conf/{group}/). Nothing was trained.", file=sys.stderr)
-                sys.exit(2)
+help_page.register()  # the ${ablate_help:...} resolver of conf/hydra/help/ablate.yaml
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    feedback.mark_job_start()
     from ablate.job import run_job
 
     return run_job(cfg)
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = flags_first(sys.argv[1:])
     refuse_unknown_options(sys.argv[1:])
     main()

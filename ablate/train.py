@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ablate import accounting, distributed, validate
+from ablate import accounting, distributed, feedback, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
 from ablate.distributed import World
-from ablate.hardware import choose_precision, process_age_s, resolve_device
+from ablate.hardware import choose_precision, resolve_device
 from ablate.checkpoint import CHECKPOINT, check_run_dir
 from ablate.model import Transformer
 from ablate.preemption import StopRequest
@@ -225,6 +225,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = None,
           overrides: list[str] | None = None, group: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one model as `cfg` says, writing the run's files into `run_dir`; returns the summary."""
+    job_started = feedback.take_job_start()
     validate.check(cfg)
     device = resolve_device(cfg.train.device)
     world = distributed.init(device.type)
@@ -276,8 +277,8 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
     try:
         while run.step < cfg.train.max_steps:
             terms, grad_norm = run.train_step()
-            if summary["first_step_s"] is None:  # launch to first step done: the start-up cost users wait for
-                summary["first_step_s"] = round(process_age_s(), 3)
+            if summary["first_step_s"] is None:  # job start to first step done: the start-up cost users wait for
+                summary["first_step_s"] = round(time.monotonic() - job_started, 3)
             loss, objective = terms["ce"], sum(terms.values())
             interval_tokens += cfg.train.batch_size * cfg.model.context_length
             run.initial_loss = run.initial_loss or objective
@@ -299,8 +300,8 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                     run.save_checkpoint()
                 metrics.write(record)
                 logger.log(record, step=run.step)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
-                                tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                bar.set_postfix(feedback.progress_postfix(loss, val_loss, record["lr"], record["tokens_per_s"]),
+                                refresh=False)
             bar.update(1)
             if diverged:
                 summary.update(status="diverged", error=f"training objective {objective} at step {run.step} "
@@ -337,7 +338,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         if world.is_main:
             if summary["status"] == "completed":
                 sample = run.sample()
-                (run_dir / "samples.txt").write_text(sample + "\n", encoding="utf-8")
+                feedback.write_samples(run_dir, cfg.train, sample, run.step)
                 summary["sample"] = sample
             write_summary(run_dir, summary)
         logger.finish(summary)
