@@ -10,9 +10,11 @@ This module imports no torch, so `python ablate/run.py --cfg job` stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from components.knobs import knob
 
 
 @dataclass
@@ -158,6 +160,20 @@ class TrainConfig:
 
 
 @dataclass
+class CompareConfig:
+    """How the sweep report compares options; analysis reads it from each run's config, so a sweep
+    file sets it (`compare: {baseline: {ffn: gelu}, tuned: [optim.lr]}`)."""
+
+    baseline: Dict[str, str] = knob(default_factory=dict, doc="axis -> the option every other option of "
+                                    "that axis is compared with; an axis not named uses its conf/config.yaml default")
+    tuned: List[str] = knob(default_factory=list, doc="config keys tuned per variant (e.g. optim.lr), "
+                            "not compared: each variant is judged at its own best value")
+    alpha: float = knob(0.05, gt=0, lt=1, doc="family-wise error rate of the report's tests (Holm-corrected)")
+    stage: str = knob("verdict", choices=("verdict", "tune"), doc="set by the tuning sweeper: `tune` runs "
+                      "only choose the tuned values and never enter the verdict")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
@@ -176,6 +192,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def register_configs() -> None:
