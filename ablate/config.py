@@ -147,7 +147,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on cuda and AMX CPUs, fp32 elsewhere) | fp32 | bf16
     compile: bool = False
-    eval_interval: int = 100
+    eval_interval: Optional[int] = None  # steps between evaluations; null = max_steps / 10 (ablate/evaluation.py)
     eval_batches: int = 8  # fixed validation windows, the same for every run of a sweep
     log_interval: int = 10
     resume: str = "auto"  # auto: continue from the run directory's checkpoint if there is one; never
