@@ -197,6 +197,9 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
+    from ablate.plugins import expose
+
+    expose()  # hydra/sweeper=ablate_tuned (hydra_plugins/), before Hydra scans for plugins
 
 
 register_configs()

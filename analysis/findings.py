@@ -77,7 +77,7 @@ def _values(series: pd.Series, fmt: str = "{}") -> str:
         return fmt.format(vals[0])
     try:
         lo, hi = min(map(float, vals)), max(map(float, vals))
-        return f"{fmt.format(lo)} to {fmt.format(hi)} (varies)"
+        return f"{fmt.format(lo)} to {fmt.format(hi)}"
     except (TypeError, ValueError):
         return ", ".join(map(str, vals)) + " (varies)"
 

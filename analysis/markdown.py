@@ -171,7 +171,7 @@ def comparison_rows(comparisons: list[Comparison]) -> tuple[list[str], list[list
     return header, rows
 
 
-def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str]) -> list[Block]:
+def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str], tuned: bool = False) -> list[Block]:
     curve = {"final_val_loss": "val_loss"}.get(metric, metric)
     learned = ~df["did_not_learn"].astype(bool) if "did_not_learn" in df else True
     bad = df[~((df["status"] == "completed") & df[metric].notna() & learned)]
@@ -182,9 +182,12 @@ def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str]) -> list[
         error, status = r["error"], r["status"]
         if status == "completed" and r.get("did_not_learn"):
             status = "did not learn"
+            hint = ("even at its tuned learning rate: give it more steps (train.max_steps) or widen the "
+                    "tuning grid" if tuned else
+                    "its learning rate or training budget does not suit it (tune it per variant: "
+                    "compare.tuned=[optim.lr] with hydra/sweeper=ablate_tuned)")
             error = (f"final {_num(r['final_val_loss'])} vs unigram baseline "
-                     f"{_num(r['unigram_val_loss'])}: within 2 %; its learning rate or training budget "
-                     f"does not suit it (tune it: compare.tuned=[optim.lr])")
+                     f"{_num(r['unigram_val_loss'])}: within 2 %; {hint}")
         elif status == "completed":
             error = f"no {metric} recorded"
         elif status == "running" and not _cell(error):
@@ -244,7 +247,8 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
                    *_option_blocks(f.configs, "configuration", f.axes, f.metric)]
     if f.tuning is not None:
         blocks += [Heading(2, "Tuning"), *f.tuning.blocks(Para, Table)]
-    blocks += [Heading(2, "Runs not in the means"), *not_in_means_blocks(df, f.metric, f.axes),
+    blocks += [Heading(2, "Runs not in the means"),
+               *not_in_means_blocks(f.runs, f.metric, f.axes, tuned=bool(f.settings.get("tuned"))),
                Heading(2, "Figures")]
     shown = figures if figures is not None else []
     captions = dict(FIGURES)

@@ -92,7 +92,8 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[st
             n=len(vals), n_runs=len(g),
             n_diverged=int((g["status"] == DIVERGED).sum()),
             n_did_not_learn=int(g["did_not_learn"].astype(bool).sum()) if "did_not_learn" in g else 0,
-            other=_status_note(g["status"], int((g["status"] == COMPLETED).sum()) - len(vals)),
+            other=_status_note(g["status"], int((g["status"] == COMPLETED).sum()) - len(vals)
+                               - (int(g["did_not_learn"].astype(bool).sum()) if "did_not_learn" in g else 0)),
             mean=vals.mean() if len(vals) else math.nan, ci_low=ci_low, ci_high=ci_high,
             std=float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan,
             seed_std=_pooled_seed_std(vals, [good[c].astype("string") for c in seed_groups]),
