@@ -46,13 +46,29 @@ def _split_top_level(text: str) -> list[str]:
     return parts + [current]
 
 
+def _tuned_jobs(sweeper, task: list[str]) -> int | None:
+    """Jobs of both stages of ablate's tuning sweeper (hydra_plugins/ablate_tuning_sweeper)."""
+    try:
+        from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan
+
+        given = sweeper.get("params")
+        params = [f"{k}={v}" for k, v in (OmegaConf.to_container(given) if given else {}).items()]
+        return plan(params + [str(t) for t in task], dict(sweeper.tune), list(sweeper.tune_seeds),
+                    str(sweeper.seed_key)).n_jobs
+    except Exception:
+        return None
+
+
 def expected_jobs(sweep: Path) -> int | None:
-    """Number of jobs the basic sweeper launches, from multirun.yaml; None if not knowable
-    (no file, or sweep syntax such as range()/interval() or another sweeper)."""
+    """Number of jobs the basic sweeper (or ablate's tuning sweeper) launches, from multirun.yaml;
+    None if not knowable (no file, or sweep syntax such as range()/interval() or another sweeper)."""
     try:
         cfg = OmegaConf.load(sweep / "multirun.yaml")
         hydra = cfg.hydra
-        if "BasicSweeper" not in str(hydra.sweeper.get("_target_", "")):
+        target = str(hydra.sweeper.get("_target_", ""))
+        if "TuningSweeper" in target:
+            return _tuned_jobs(hydra.sweeper, list(hydra.overrides.task))
+        if "BasicSweeper" not in target:
             return None
         params_node = hydra.sweeper.get("params")
         params = dict(OmegaConf.to_container(params_node, resolve=False)) if params_node else {}

@@ -102,6 +102,7 @@ def test_a_tuned_sweep_through_the_cli(tmp_path):
         assert set(verdict.loc[verdict["ffn"] == ffn, "lr"]) == {best}, ffn
     md = (out / "report" / "report.md").read_text()
     assert "## Tuning" in md and "Tuned per variant: `optim.lr` (4 tuning runs on seeds 100" in md
+    assert "Jobs expected from multirun.yaml: 8, run dirs found: 8" in md  # both stages counted
     assert "learning rate tuned per variant" in md
     assert (out / "report" / "tuning.png").is_file()
     table = pd.read_csv(out / "report" / "comparisons.csv")

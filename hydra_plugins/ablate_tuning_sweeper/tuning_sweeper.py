@@ -177,8 +177,10 @@ class TuningSweeper(BasicSweeper):
                  f"{len(the_plan.grid)} values x {len(the_plan.tune_seeds)} tuning seeds)")
         tuning_returns = self._launch(tuning, 0)
         chosen = choose(the_plan, [_score(r) for r in tuning_returns])
+        shared = set.intersection(*(set(v) for v in the_plan.variants)) if the_plan.variants else set()
         for variant, point in zip(the_plan.variants, chosen):
-            log.info(f"ablate_tuned: {' '.join(variant) or 'default'} -> "
+            own = [o for o in variant if o not in shared]
+            log.info(f"ablate_tuned: {' '.join(own) or 'the variant'} -> "
                      f"{' '.join(point) if point else 'every tuning run failed: the default value'}")
         (sweep_dir / "tuning.json").write_text(json.dumps({
             "tuned": the_plan.tuned_keys, "tune_seeds": the_plan.tune_seeds, "verdict_seeds": the_plan.seeds,
