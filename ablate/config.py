@@ -10,9 +10,11 @@ This module imports no torch, so `python ablate/run.py --cfg job` stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from components.knobs import knob
 
 
 @dataclass
@@ -145,7 +147,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast where it measures fast: see ablate.hardware) | fp32 | bf16
     compile: bool = False
-    eval_interval: int = 100
+    eval_interval: Optional[int] = None  # steps between evaluations; null = max_steps / 10 (ablate/evaluation.py)
     eval_batches: int = 8  # fixed validation windows, the same for every run of a sweep
     log_interval: int = 10
     resume: str = "auto"  # auto: continue from the run directory's checkpoint if there is one; never
@@ -155,6 +157,20 @@ class TrainConfig:
     sample_top_p: float = 0.95
     sample_prompt: str = "\n"
     divergence_factor: float = 3.0  # stop as diverged when train loss exceeds factor * initial loss
+
+
+@dataclass
+class CompareConfig:
+    """How the sweep report compares options; analysis reads it from each run's config, so a sweep
+    file sets it (`compare: {baseline: {ffn: gelu}, tuned: [optim.lr]}`)."""
+
+    baseline: Dict[str, str] = knob(default_factory=dict, doc="axis -> the option every other option of "
+                                    "that axis is compared with; an axis not named uses its conf/config.yaml default")
+    tuned: List[str] = knob(default_factory=list, doc="config keys tuned per variant (e.g. optim.lr), "
+                            "not compared: each variant is judged at its own best value")
+    alpha: float = knob(0.05, gt=0, lt=1, doc="family-wise error rate of the report's tests (Holm-corrected)")
+    stage: str = knob("verdict", choices=("verdict", "tune"), doc="set by the tuning sweeper: `tune` runs "
+                      "only choose the tuned values and never enter the verdict")
 
 
 @dataclass
@@ -176,10 +192,14 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
+    from ablate.plugins import expose
+
+    expose()  # hydra/sweeper=ablate_tuned (hydra_plugins/), before Hydra scans for plugins
 
 
 register_configs()

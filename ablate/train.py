@@ -25,7 +25,9 @@ from tqdm import tqdm
 from ablate import accounting, distributed, feedback, validate
 from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
 from ablate.distributed import World
+from ablate.evaluation import eval_interval, step_zero_record
 from ablate.hardware import choose_precision, resolve_device
+from ablate.machine_load import MachineLoad
 from ablate.checkpoint import CHECKPOINT, check_run_dir
 from ablate.model import Transformer
 from ablate.preemption import StopRequest
@@ -269,7 +271,12 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                    tags=[f"{k}={v}" for k, v in sorted(choices.items())],
                    config=OmegaConf.to_container(cfg, resolve=True), **knobs(cfg.logger))
     metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=run.step, enabled=world.is_main)
-    val_loss = None
+    val_loss, eval_every = None, eval_interval(cfg.train)
+    if run.step == 0:  # the untrained model: every curve starts at the same point
+        record = step_zero_record(run, corpus.bits_per_byte)
+        metrics.write(record)
+        logger.log({k: v for k, v in record.items() if v is not None}, step=0)
+    machine_load = MachineLoad().start()  # other processes' CPU share: is tokens_per_s the option's or the machine's?
     train_started, interval_started, interval_tokens = time.perf_counter(), time.perf_counter(), 0
     bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not (progress and world.is_main), mininterval=1.0,
                dynamic_ncols=True, desc="train")
@@ -284,7 +291,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
             run.initial_loss = run.initial_loss or objective
             diverged = not math.isfinite(objective) or objective > cfg.train.divergence_factor * run.initial_loss
             last = run.step == cfg.train.max_steps
-            if run.step % cfg.train.log_interval == 0 or run.step % cfg.train.eval_interval == 0 or last or diverged:
+            if run.step % cfg.train.log_interval == 0 or run.step % eval_every == 0 or last or diverged:
                 now = time.perf_counter()
                 record = {"step": run.step, "tokens": run.tokens_seen, "train_loss": loss,
                           "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
@@ -293,7 +300,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                           **{name: value for name, value in terms.items() if name != "ce"},
                           **run.raw_model.diagnostics()}
                 interval_started, interval_tokens = now, 0
-                if (run.step % cfg.train.eval_interval == 0 or last) and not diverged:
+                if (run.step % eval_every == 0 or last) and not diverged:
                     val_loss = run.evaluate()
                     run.best_val_loss = min(run.best_val_loss, val_loss)
                     record.update(val_loss=val_loss, val_bpb=corpus.bits_per_byte(val_loss))
@@ -333,7 +340,7 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
             final_val_loss=val_loss, best_val_loss=None if math.isinf(run.best_val_loss) else run.best_val_loss,
             val_bpb=None if val_loss is None else corpus.bits_per_byte(val_loss),
             tokens_seen=run.tokens_seen, steps=run.step, wall_time_s=round(wall, 3),
-            tokens_per_s=trained_tokens / wall if wall > 0 else None,
+            tokens_per_s=trained_tokens / wall if wall > 0 else None, **machine_load.shares(),
         )
         if world.is_main:
             if summary["status"] == "completed":

@@ -61,7 +61,8 @@ def check(cfg: DictConfig) -> None:
     require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
             f"train.grad_accum={t.grad_accum} does not divide train.batch_size={t.batch_size}; allowed: "
             f"{divisors(t.batch_size)}.")
-    require(t.eval_interval >= 1, f"train.eval_interval={t.eval_interval} is not allowed: at least 1.")
+    require(t.eval_interval is None or t.eval_interval >= 1,
+            f"train.eval_interval={t.eval_interval} is not allowed: at least 1, or null (= max_steps / 10).")
     require(t.eval_batches >= 1, f"train.eval_batches={t.eval_batches} is not allowed: at least 1.")
     require(t.log_interval >= 1, f"train.log_interval={t.log_interval} is not allowed: at least 1.")
     require(t.resume in ("auto", "never"), f"train.resume={t.resume!r} is not allowed; choices: auto, never.")

@@ -5,7 +5,8 @@ so a report can be rebuilt from a sweep directory copied off a cluster.
     build_report("multirun/2026-11-25/10-00-00")   # -> .../report/
 
 Interactive use (see analysis/compare.ipynb): load_results / load_curves / swept_axes give
-DataFrames, ranked_tables + ranked_frame the report's tables, analysis.plots its figures.
+DataFrames, gather(DIR) everything the report says (tables, comparisons with the baseline, tuning),
+ranked_tables + ranked_frame the per-option tables (numeric), analysis.plots the figures.
 
 The Hydra callback lives in `analysis.callbacks` (not imported here, so this package does not
 need hydra at import time).
@@ -19,9 +20,10 @@ from typing import Any
 # pull in pandas, which costs about 0.4 s before every run's first step.
 _HOME = {
     "find_runs": "collect", "load_curves": "collect", "load_results": "collect", "swept_axes": "collect",
-    "NoRunsError": "build", "build_report": "build",
-    "ranked_frame": "markdown", "verdict_text": "markdown",
-    "choose_metric": "stats", "config_table": "stats", "decide": "stats", "ranked_tables": "stats",
+    "NoRunsError": "build", "build_report": "build", "gather": "build",
+    "ranked_frame": "markdown",
+    "choose_metric": "stats", "config_table": "stats", "ranked_tables": "stats",
+    "compare_axes": "verdict", "comparisons_frame": "verdict", "holm": "verdict",
 }
 __all__ = sorted(_HOME)
 

@@ -1,5 +1,5 @@
-"""Build `<sweep_dir>/report/`: results.csv, report.md, index.html, loss_curves.png,
-final_loss.png, throughput.png.
+"""Build `<sweep_dir>/report/`: results.csv, comparisons.csv, report.md, index.html and the
+figures (differences.png, loss_curves.png, final_loss.png, throughput.png, tuning.png).
 
 Works on sweeps that are still running or partly failed: nothing is silently dropped.
 Lives apart from `analysis.report` (the CLI) so that `python -m analysis.report` does not find
@@ -14,9 +14,12 @@ from omegaconf import OmegaConf
 
 from analysis.atomic import write_text
 from analysis.collect import REPORT_DIRNAME, find_runs, load_curves, load_results, swept_axes
+from analysis.findings import Findings
 from analysis.html import to_html
 from analysis.markdown import document, to_markdown
 from analysis.stats import choose_metric, config_table, ranked_tables
+from analysis.tuning import TUNE_STAGE, tuning_of
+from analysis.verdict import compare_axes, comparisons_frame
 
 
 class NoRunsError(FileNotFoundError):
@@ -43,13 +46,29 @@ def _split_top_level(text: str) -> list[str]:
     return parts + [current]
 
 
+def _tuned_jobs(sweeper, task: list[str]) -> int | None:
+    """Jobs of both stages of ablate's tuning sweeper (hydra_plugins/ablate_tuning_sweeper)."""
+    try:
+        from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan
+
+        given = sweeper.get("params")
+        params = [f"{k}={v}" for k, v in (OmegaConf.to_container(given) if given else {}).items()]
+        return plan(params + [str(t) for t in task], dict(sweeper.tune), list(sweeper.tune_seeds),
+                    str(sweeper.seed_key)).n_jobs
+    except Exception:
+        return None
+
+
 def expected_jobs(sweep: Path) -> int | None:
-    """Number of jobs the basic sweeper launches, from multirun.yaml; None if not knowable
-    (no file, or sweep syntax such as range()/interval() or another sweeper)."""
+    """Number of jobs the basic sweeper (or ablate's tuning sweeper) launches, from multirun.yaml;
+    None if not knowable (no file, or sweep syntax such as range()/interval() or another sweeper)."""
     try:
         cfg = OmegaConf.load(sweep / "multirun.yaml")
         hydra = cfg.hydra
-        if "BasicSweeper" not in str(hydra.sweeper.get("_target_", "")):
+        target = str(hydra.sweeper.get("_target_", ""))
+        if "TuningSweeper" in target:
+            return _tuned_jobs(hydra.sweeper, list(hydra.overrides.task))
+        if "BasicSweeper" not in target:
             return None
         params_node = hydra.sweeper.get("params")
         params = dict(OmegaConf.to_container(params_node, resolve=False)) if params_node else {}
@@ -81,35 +100,47 @@ def _jobs_note(sweep: Path, n_found: int) -> str:
                    if missing > 0 else "")
 
 
-def build_report(sweep_dir: str | os.PathLike[str]) -> Path:
-    """Write the report of `sweep_dir` and return the report directory."""
+def gather(sweep: Path) -> Findings:
+    """Everything the report says about `sweep`, computed once (tables, tests, tuning)."""
+    df = load_results(sweep)
+    settings = df.attrs["compare"]
+    runs = df[df["stage"] != TUNE_STAGE]
+    runs.attrs.update(df.attrs)
+    axes = swept_axes(runs, settings["tuned"])
+    metric, reason = choose_metric(runs)
+    tables = ranked_tables(runs, axes, metric)
+    configs = config_table(runs, axes, metric) if len(axes) > 1 else None
+    comparisons, info = compare_axes(runs, axes, metric, settings)
+    note = _jobs_note(sweep, len(df)) if not (sweep / ".hydra").is_dir() else ""
+    return Findings(str(sweep.resolve()), df, runs, axes, metric, reason, tables, configs, comparisons,
+                    info, settings, note, tuning_of(df, axes, metric, settings["tuned"]))
+
+
+def results_table(df) -> str:
+    """results.csv: one row per run; list columns joined, multi-line text never embedded."""
+    return df.assign(overrides=df["overrides"].map(" ".join)).to_csv(index=False)
+
+
+def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True) -> Path:
+    """Write the report of `sweep_dir` and return the report directory. `plots=False` writes the
+    tables and report.md/index.html without figures (fast: no matplotlib)."""
     sweep = Path(sweep_dir)
-    runs = find_runs(sweep)
-    if not runs:
+    if not find_runs(sweep):
         raise NoRunsError(
             f"no runs under {sweep}: expected directories containing .hydra/config.yaml or "
             f"summary.json")
-    df = load_results(sweep)
-    curves = load_curves(sweep)
-    axes = swept_axes(df)
-    metric, reason = choose_metric(df)
-    tables = ranked_tables(df, axes, metric)
-    configs = config_table(df, axes, metric) if len(axes) > 1 else None
-
-    from analysis import plots  # lazy: matplotlib costs ~1 s, not needed to report an error
-
+    f = gather(sweep)
     out = sweep / REPORT_DIRNAME
     out.mkdir(parents=True, exist_ok=True)
-    csv = df.assign(overrides=df["overrides"].map(" ".join))
-    write_text(out / "results.csv", csv.to_csv(index=False))
-    note = _jobs_note(sweep, len(runs)) if not (sweep / ".hydra").is_dir() else ""
-    blocks = document(str(sweep.resolve()), df, axes, metric, reason,
-                      tables, configs, note)
+    write_text(out / "results.csv", results_table(f.df))
+    write_text(out / "comparisons.csv", comparisons_frame(f.comparisons).to_csv(index=False))
+    figures: list[str] = []
+    if plots:
+        from analysis.plots import draw_all  # lazy: matplotlib costs ~1 s
+
+        figures = draw_all(f, load_curves(sweep), out)
+    blocks = document(f, figures)
     write_text(out / "report.md", to_markdown(blocks))
-    per_axis = tables if axes else {}
-    plots.plot_loss_curves(df, curves, axes, metric, out / "loss_curves.png")
-    plots.plot_final(df, per_axis, metric, out / "final_loss.png")
-    plots.plot_throughput(df, per_axis, axes, metric, out / "throughput.png")
     # Last, so that the figures it shows exist when it appears.
     write_text(out / "index.html", to_html(blocks, title=f"Sweep report: {sweep.resolve().name}"))
     return out

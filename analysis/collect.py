@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+import yaml
+
+# libyaml's loader when present: a report of hundreds of runs parses their configs ~10x faster.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Fields of summary.json, in the order they go into results.csv.
 SUMMARY_FIELDS = [
@@ -23,9 +26,22 @@ SUMMARY_FIELDS = [
 ]
 # Columns that are never override keys (used to recognise override columns in a table read
 # back from results.csv, where DataFrame.attrs are lost).
-KNOWN_COLUMNS = {"run", "overrides", "choices", *SUMMARY_FIELDS}
+KNOWN_COLUMNS = {"run", "overrides", "choices", "stage", "did_not_learn", "tokens_per_s_reliable",
+                 *SUMMARY_FIELDS}
 REPORT_DIRNAME = "report"
 RUNNING = "running"
+# A completed run whose final validation loss is within this fraction of the unigram baseline (the
+# loss of predicting token frequencies alone) learned nothing beyond frequencies.
+DID_NOT_LEARN_MARGIN = 0.02
+# Fields of summary.json that stay out of results.csv (they live in their own files).
+NOT_IN_TABLE = {"sample"}  # samples.txt
+# Other processes' share of the machine's CPU time (or steal time) above which a run's tokens/s
+# measured the machine's load rather than the option's cost.
+CONTENTION_LIMIT = 0.10
+# Settings every run records in results.csv (and the report's opening names when they are held fixed).
+SETTING_KEYS = ["model.d_model", "model.n_layers", "model.n_heads", "model.context_length", "optim.lr",
+                "train.batch_size", "train.max_steps", "schedule.warmup_steps"]
+DEFAULT_STAGE = "verdict"  # compare.stage: runs of the verdict; `tune` runs only choose tuned values
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -85,10 +101,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _read_yaml(path: Path) -> Any:
+    """Plain Python data of a YAML file (.hydra/*.yaml as OmegaConf wrote them); None if unreadable."""
     try:
-        return OmegaConf.load(path)
+        with path.open(encoding="utf-8") as f:
+            return yaml.load(f, Loader=_YAML_LOADER)
     except Exception:  # missing or malformed YAML must not stop the whole report
         return None
+
+
+def select(config: Any, key: str) -> Any:
+    """`config["a"]["b"]` for key `a.b` (or `a/b`) in a plain nested mapping; None where absent."""
+    node = config
+    for part in key.replace("/", ".").split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def parse_override(text: str) -> tuple[str, str] | None:
@@ -101,25 +129,17 @@ def parse_override(text: str) -> tuple[str, str] | None:
 
 def _config_value(config: Any, key: str) -> str | None:
     """Value of an override key in the resolved config; a group key yields its `name`."""
-    if not isinstance(config, DictConfig):
-        return None
-    try:
-        value = OmegaConf.select(config, key.replace("/", "."), throw_on_missing=False)
-    except Exception:
-        return None
-    if isinstance(value, DictConfig):
+    value = select(config, key)
+    if isinstance(value, dict):
         value = value.get("name")
     return None if value is None else str(value)
 
 
 def _choices_from_config(config: Any) -> dict[str, str]:
-    if not isinstance(config, DictConfig):
+    if not isinstance(config, dict):
         return {}
-    out = {}
-    for group, node in config.items():
-        if isinstance(node, DictConfig) and "name" in node:
-            out[str(group)] = str(node.name)
-    return out
+    return {str(group): str(node["name"]) for group, node in config.items()
+            if isinstance(node, dict) and "name" in node}
 
 
 def _is_num(x: Any) -> bool:
@@ -132,7 +152,7 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
     overrides: Any = summary.get("overrides") if summary else None
     if not isinstance(overrides, list) or not overrides:
         loaded = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
-        overrides = list(OmegaConf.to_container(loaded)) if loaded is not None else []
+        overrides = list(loaded) if isinstance(loaded, list) else []
     overrides = [str(o) for o in overrides]
 
     rel = run_dir.relative_to(sweep).as_posix()
@@ -141,7 +161,7 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         row[field] = summary.get(field) if summary else None
     row["overrides"] = overrides
     for field, value in (summary or {}).items():  # fields added to summary.json later
-        if field not in row and field != "choices":
+        if field not in row and field != "choices" and field not in NOT_IN_TABLE:
             row[field] = value
 
     choices = _choices_from_config(config)
@@ -157,6 +177,9 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
             keys.append(parsed[0])
             row[parsed[0]] = parsed[1]
 
+    for key in SETTING_KEYS:
+        if key not in row:
+            row[key] = _config_value(config, key)
     if row["seed"] is None:
         row["seed"] = _config_value(config, "train.seed")
     if row["vocab_size"] is None:
@@ -164,6 +187,8 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
     if summary is None:
         row["status"] = RUNNING
         _fill_from_metrics(row, read_metrics(run_dir))
+    row["stage"] = str(select(config, "compare.stage") or DEFAULT_STAGE)
+    row["_compare"] = select(config, "compare")
     row["_config"] = config  # dropped by load_results; used to fill keys a run did not override
     return row, keys
 
@@ -203,6 +228,7 @@ def load_results(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:
             if key not in row:
                 row[key] = row.get(f"choice.{key}") or _config_value(row["_config"], key)
         del row["_config"]
+    settings = compare_settings([row.pop("_compare") for row in rows])
     choice_cols = sorted({c for r in rows for c in r if c.startswith("choice.")})
     columns = ["run", "status", "error", *override_keys, *SUMMARY_FIELDS[2:], *choice_cols,
                "overrides"]
@@ -211,8 +237,48 @@ def load_results(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:
     for col in SUMMARY_FIELDS[2:]:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["status"] = df["status"].fillna("unknown").astype(str)
+    df.insert(2, "did_not_learn", did_not_learn(df))
+    df["tokens_per_s_reliable"] = tokens_per_s_reliable(df)
     df.attrs["override_keys"] = override_keys
+    df.attrs["compare"] = settings
     return df
+
+
+def did_not_learn(df: pd.DataFrame) -> pd.Series:
+    """Completed runs whose final validation loss is within DID_NOT_LEARN_MARGIN of (or above) the
+    unigram baseline of the same split."""
+    final = pd.to_numeric(df["final_val_loss"], errors="coerce")
+    unigram = pd.to_numeric(df["unigram_val_loss"], errors="coerce")
+    return (df["status"] == "completed") & (final >= (1 - DID_NOT_LEARN_MARGIN) * unigram)
+
+
+def tokens_per_s_reliable(df: pd.DataFrame) -> pd.Series:
+    """False where other processes took more than CONTENTION_LIMIT of the CPU (or the hypervisor
+    stole it) during the run; NaN where the run did not record it."""
+    shares = [pd.to_numeric(df[c], errors="coerce") for c in ("others_cpu_share", "steal_share")
+              if c in df]
+    if not shares:
+        return pd.Series(pd.NA, index=df.index, dtype="boolean")
+    load = sum(s.fillna(0) for s in shares)
+    known = pd.concat(shares, axis=1).notna().any(axis=1)
+    return (load <= CONTENTION_LIMIT).astype("boolean").where(known, pd.NA)
+
+
+def compare_settings(nodes: list[Any]) -> dict[str, Any]:
+    """`compare.baseline`, `compare.tuned`, `compare.alpha` as the runs recorded them (the most common
+    value if runs disagree; defaults where no run has the node)."""
+    def most_common(values: list[Any], default: Any) -> Any:
+        values = [v for v in values if v is not None]
+        if not values:
+            return default
+        texts = [repr(v) for v in values]
+        return values[max(range(len(values)), key=lambda i: texts.count(texts[i]))]
+
+    nodes = [n for n in nodes if isinstance(n, dict)]
+    baseline = most_common([n.get("baseline") for n in nodes], {}) or {}
+    return {"baseline": {str(k): str(v) for k, v in dict(baseline).items()},
+            "tuned": [str(k) for k in (most_common([n.get("tuned") for n in nodes], []) or [])],
+            "alpha": float(most_common([n.get("alpha") for n in nodes], 0.05))}
 
 
 def load_curves(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -235,16 +301,18 @@ def _is_seed_key(key: str) -> bool:
 
 
 def _is_hydra_key(key: str) -> bool:
-    return key.startswith(("hydra.", "hydra/")) or key == "hydra"
+    return key.startswith(("hydra.", "hydra/", "compare.")) or key in ("hydra", "compare")
 
 
-def swept_axes(df: pd.DataFrame) -> list[str]:
-    """Override keys whose values differ across runs; seeds and hydra's own keys excluded."""
+def swept_axes(df: pd.DataFrame, tuned: list[str] | None = None) -> list[str]:
+    """Override keys whose values differ across runs; seeds, hydra's own keys, the `compare` settings
+    and the keys tuned per variant (`compare.tuned`; default: as the runs recorded it) excluded."""
     keys = df.attrs.get("override_keys")
     if keys is None:  # e.g. a table read back from results.csv
         keys = [c for c in df.columns if c not in KNOWN_COLUMNS and not c.startswith("choice.")]
+    tuned = set(df.attrs.get("compare", {}).get("tuned", []) if tuned is None else tuned)
     return [
         k for k in keys
-        if k in df.columns and not _is_seed_key(k) and not _is_hydra_key(k)
+        if k in df.columns and not _is_seed_key(k) and not _is_hydra_key(k) and k not in tuned
         and df[k].astype("string").nunique(dropna=False) > 1
     ]

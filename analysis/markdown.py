@@ -11,15 +11,23 @@ from typing import Any, Callable, Union
 
 import pandas as pd
 
-from analysis.stats import NO_SPREAD, NOISE_RULE, SIZE_TOLERANCE, Verdict, decide
+from analysis.findings import Findings, opening_paragraph, power_sentence
+from analysis.stats import SIZE_TOLERANCE
+from analysis.verdict import BETTER, NOT_COMPARED, WORSE, Comparison
 
 MAX_ERROR_CHARS = 400  # keep the table readable; results.csv holds the full error
 
 # Figures of a report, in the order they are shown: (file name, caption).
 FIGURES = [
-    ("loss_curves.png", "validation loss against steps and against wall-clock time, per option"),
-    ("final_loss.png", "final metric per option: every seed and mean ± std"),
-    ("throughput.png", "training throughput (tokens/s) per option, and final metric against it"),
+    ("differences.png", "each option minus its axis's baseline: mean difference with its 95 % CI "
+                        "(black) and the per-seed differences (dots); left of 0 favours the option"),
+    ("loss_curves.png", "validation loss (top) and training loss (bottom) against steps and "
+                        "tokens, per option; grey dashes: the unigram baseline"),
+    ("final_loss.png", "final metric per option: every run as a dot, mean with 95 % CI"),
+    ("throughput.png", "training throughput (tokens/s) per option, and final metric against it; "
+                       "hollow: measured while other processes took the CPU (unreliable)"),
+    ("tuning.png", "per variant: the metric on the tuning seeds against the tuned value; star: the "
+                   "value chosen for the verdict's runs"),
 ]
 
 
@@ -63,7 +71,7 @@ def _num(x: Any, fmt: str = ".4f") -> str:
 
 def _cell(x: Any) -> str:
     """One line of text, truncated; renderers escape what their format needs."""
-    text = "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+    text = "" if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA else str(x)
     text = " ".join(text.split())
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
 
@@ -82,93 +90,117 @@ def option_label(option: Any, keys: list[str]) -> str:
     return str(option)
 
 
-RANKED_NUMERIC = [True, False, True, True, True, True, True, True, True, True, True, False]
+def _speed(r: pd.Series) -> str:
+    text = _num(r["tokens_per_s"], ",.0f")
+    return text + " †" if r.get("tokens_per_s_reliable") is False else text
 
 
-def ranked_rows(t: pd.DataFrame, label: str, keys: list[str],
-                metric: str) -> tuple[list[str], list[list[str]], str]:
-    """(header, rows, note) of an `aggregate` table; ⚠ marks size/compute more than 2 % above
-    the smallest option, and `note` explains it (empty when nothing is flagged)."""
+OPTION_NUMERIC = [False, True, True, True, True, True, True, True, True, True, False]
+
+
+def option_rows(t: pd.DataFrame, label: str, keys: list[str],
+                metric: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows, notes) of an `aggregate` table. ⚠ marks size/compute more than 2 % above the
+    smallest option; † tokens/s measured under contention."""
     flag: Callable[[pd.Series, str], str] = lambda r, c: " ⚠" if r.get(f"flag_{c}") else ""
     rows = []
-    rank = 0
     for _, r in t.iterrows():
-        rank += 1
+        other = _cell(r["other"])
+        if r.get("n_did_not_learn"):
+            other = ", ".join(p for p in (f"{int(r['n_did_not_learn'])} did not learn", other) if p)
         rows.append([
-            str(rank) if r["n"] > 0 else "–",
             f"`{option_label(r['option'], keys)}`",
             f"{r['n']}/{r['n_runs']}",
-            f"{_num(r['mean'])} ± {_num(r['std'])}",
+            _num(r["mean"]),
+            f"{_num(r['ci_low'])} to {_num(r['ci_high'])}" if r["n"] >= 2 else "–",
+            _num(r["std"]),
             _num(r["seed_std"]),
-            _num(r["min"]),
-            _num(r["max"]),
             _num(r["params_total"], ",.0f") + flag(r, "params_total"),
             _num(r["params_non_embedding"], ",.0f"),
             _num(r["flops_per_token"], ".4g") + flag(r, "flops_per_token"),
-            _num(r["tokens_per_s"], ",.0f"),
-            _cell(r["other"]) or "–",
+            _speed(r),
+            other or "–",
         ])
-    header = ["rank", label, "n completed/runs", f"{metric} mean ± std", "seed std", "min",
-              "max", "params_total", "params_non_embedding", "flops_per_token", "tokens/s",
-              "not in means"]
-    note = ""
+    header = [label, "n used/runs", f"{metric} mean", "95 % CI of mean", "std", "seed std",
+              "params_total", "params_non_embedding", "flops_per_token", "tokens/s", "not in means"]
+    notes = []
     if t[["flag_params_total", "flag_flops_per_token"]].to_numpy().any():
-        note = (f"⚠ params_total or flops_per_token more than {SIZE_TOLERANCE:.0%} above the "
-                f"smallest option: part of a difference may come from model size or compute, "
-                f"not from the design choice.")
-    return header, rows, note
-
-
-def ranked_table(t: pd.DataFrame, label: str, keys: list[str], metric: str) -> str:
-    """Markdown of an `aggregate` table (with the ⚠ note under it when needed)."""
-    header, rows, note = ranked_rows(t, label, keys, metric)
-    return table(header, rows) + (f"\n\n{note}" if note else "")
+        notes.append(f"⚠ params_total or flops_per_token more than {SIZE_TOLERANCE:.0%} above the "
+                     f"smallest option: part of a difference may come from model size or compute, "
+                     f"not from the design choice.")
+    if (t["tokens_per_s_reliable"] == False).any():  # noqa: E712 (None means not recorded)
+        notes.append("† tokens/s measured while other processes took more than 10 % of the CPU (or "
+                     "the hypervisor stole it): the machine's load, not the option's cost. "
+                     "`python -m analysis.report DIR --speed` times every option interleaved in one "
+                     "process.")
+    return header, rows, notes
 
 
 def ranked_frame(t: pd.DataFrame, label: str, keys: list[str] | None = None,
                  metric: str = "final_val_loss") -> pd.DataFrame:
-    """The ranked table exactly as report.md shows it, as a DataFrame (for notebooks)."""
-    header, rows, _ = ranked_rows(t, label, keys if keys is not None else [label], metric)
-    frame = pd.DataFrame(rows, columns=header)
-    frame[label] = frame[label].str.strip("`")
-    return frame
+    """An `aggregate` table for notebooks: numbers stay numbers (mean and CI bounds in their own
+    columns), one row per option in the report's order."""
+    keys = keys if keys is not None else [label]
+    columns = ["n", "n_runs", "mean", "ci_low", "ci_high", "std", "seed_std", "min", "max",
+               "n_diverged", "n_did_not_learn", "params_total", "params_non_embedding",
+               "flops_per_token", "tokens_per_s", "tokens_per_s_reliable"]
+    frame = t[[c for c in columns if c in t]].copy()
+    frame.insert(0, label, [option_label(o, keys) for o in t["option"]])
+    return frame.rename(columns={"mean": f"{metric} mean"}).reset_index(drop=True)
 
 
-def verdict_text(v: Verdict, metric: str) -> str:
-    if v.winner is None:
-        return "No winner: no completed runs."
-    if v.runner_up is None:
-        return f"**Winner: `{v.winner}`** ({v.verdict})."
-    if v.verdict == NO_SPREAD:
-        detail = f"margin {_num(v.margin)} over `{v.runner_up}`"
-    else:
-        detail = (f"margin {_num(v.margin)} in {metric} over runner-up `{v.runner_up}` vs "
-                  f"max seed std {_num(v.threshold)}")
-    text = f"**Winner: `{v.winner}`** — {detail}: **{v.verdict}**."
-    return text + (f" Note: {v.note}." if v.note else "")
+def _signed(x: float) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:+.4f}"
 
 
-def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str]) -> list[Block]:
+COMPARISON_NUMERIC = [False, False, True, False, True, True, True, True, False, False]
+
+
+def comparison_rows(comparisons: list[Comparison]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for c in comparisons:
+        verdict = f"**{c.verdict}**" if c.verdict in (BETTER, WORSE) else c.verdict
+        if c.did_not_learn:
+            verdict = "**did not learn**"
+        rows.append([f"`{c.option}`", f"`{c.baseline}`", f"{c.n}/{c.n_baseline}",
+                     c.test or "–", _signed(c.diff_mean),
+                     f"{_signed(c.ci_low)} to {_signed(c.ci_high)}" if not math.isnan(c.ci_low) else "–",
+                     _num(c.p_value, ".3g"), _num(c.p_adjusted, ".3g"), verdict, _cell(c.note) or "–"])
+    header = ["option", "baseline", "n option/baseline", "test", "difference", "95 % CI", "p",
+              "p (Holm)", "verdict", "note"]
+    return header, rows
+
+
+def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str], tuned: bool = False) -> list[Block]:
     curve = {"final_val_loss": "val_loss"}.get(metric, metric)
-    bad = df[~((df["status"] == "completed") & df[metric].notna())]
+    learned = ~df["did_not_learn"].astype(bool) if "did_not_learn" in df else True
+    bad = df[~((df["status"] == "completed") & df[metric].notna() & learned)]
     if bad.empty:
-        return [Para("All runs completed and enter the means.")]
+        return [Para("All runs completed, learned, and enter the means.")]
     rows = []
     for _, r in bad.iterrows():
-        error = r["error"]
-        if r["status"] == "completed":
+        error, status = r["error"], r["status"]
+        if status == "completed" and r.get("did_not_learn"):
+            status = "did not learn"
+            hint = ("even at its tuned learning rate: give it more steps (train.max_steps) or widen the "
+                    "tuning grid" if tuned else
+                    "its learning rate or training budget does not suit it (tune it per variant: "
+                    "compare.tuned=[optim.lr] with hydra/sweeper=ablate_tuned)")
+            error = (f"final {_num(r['final_val_loss'])} vs unigram baseline "
+                     f"{_num(r['unigram_val_loss'])}: within 2 %; {hint}")
+        elif status == "completed":
             error = f"no {metric} recorded"
-        elif r["status"] == "running" and not _cell(error):
+        elif status == "running" and not _cell(error):
             error = ("no summary.json: still running, or killed before it finished "
                      f"(last step {_num(r['steps'], '.0f')}, last {curve} {_num(r[metric])})")
-        rows.append([f"`{r['run']}`", r["status"], *[_cell(r[a]) for a in axes],
+        rows.append([f"`{r['run']}`", status, *[_cell(r[a]) for a in axes],
                      _num(r["seed"], ".0f"), _cell(error) or "–"])
     header = ["run", "status", *axes, "seed", "error / reason"]
     numeric = [False, False, *[False] * len(axes), True, False]
     return [
-        Para("These runs are excluded from every mean above. A diverged run counts as a loss "
-             "for its option (it ranks below options that never diverged), not as a missing "
-             "value."),
+        Para("These runs are excluded from every mean and test above. An option with a diverged "
+             "run, or a run that did not learn, is *not compared*: its verdict would measure the "
+             "learning rate or budget, not the design."),
         Table(header, rows, numeric),
     ]
 
@@ -177,46 +209,66 @@ def not_in_means(df: pd.DataFrame, metric: str, axes: list[str]) -> str:
     return to_markdown(not_in_means_blocks(df, metric, axes)).rstrip("\n")
 
 
-def _ranked_blocks(t: pd.DataFrame, label: str, keys: list[str], metric: str) -> list[Block]:
-    header, rows, note = ranked_rows(t, label, keys, metric)
-    return [Table(header, rows, RANKED_NUMERIC)] + ([Para(note)] if note else [])
+def _option_blocks(t: pd.DataFrame, label: str, keys: list[str], metric: str) -> list[Block]:
+    header, rows, notes = option_rows(t, label, keys, metric)
+    return [Table(header, rows, OPTION_NUMERIC)] + [Para(n) for n in notes]
 
 
-def document(sweep: str, df: pd.DataFrame, axes: list[str], metric: str, metric_reason: str,
-             axis_tables: dict[str, pd.DataFrame], configs: pd.DataFrame | None,
-             jobs_note: str, figures: list[str] | None = None) -> list[Block]:
+def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
     """The whole report as blocks. `figures`: PNG names to show (default: all of FIGURES)."""
+    df = f.df
     counts = df["status"].value_counts()
-    status_text = ", ".join(f"{n} {s}" for s, n in counts.items())
     facts = [
-        f"Sweep: `{sweep}`",
-        f"Runs: {len(df)} ({status_text})",
-        "Swept axes: " + (", ".join(f"`{a}`" for a in axes) or "none (one configuration)"),
+        f"Sweep: `{f.sweep}`",
+        f"Runs: {len(df)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        "Swept axes: " + (", ".join(f"`{a}`" for a in f.axes) or "none (one configuration)"),
     ]
-    if jobs_note:
-        facts.append(jobs_note)
-    blocks: list[Block] = [
-        Heading(1, "Sweep report"), Bullets(facts),
-        Heading(2, "Rule"), Para(metric_reason),
-        Para("Only completed runs enter the means (n completed/runs counts them); diverged, "
-             "failed, interrupted and running runs are listed under *Runs not in the means*. "
-             "std is over all completed runs of an option (seeds and the other axes' values); "
-             "seed std is the spread over seeds with the other axes held fixed (pooled)."),
-        Para(f"Noise rule: {NOISE_RULE}."),
-    ]
-    for axis, t in axis_tables.items():
-        blocks += [Heading(2, f"Axis `{axis}`"), *_ranked_blocks(t, axis, [axis], metric),
-                   Para(verdict_text(decide(t), metric))]
-    if configs is not None:
-        blocks += [Heading(2, "Per configuration (all swept axes, aggregated over seeds)"),
-                   *_ranked_blocks(configs, "configuration", axes, metric),
-                   Para(verdict_text(decide(configs, lambda o: option_label(o, axes)), metric))]
-    blocks += [Heading(2, "Runs not in the means"), *not_in_means_blocks(df, metric, axes),
+    if f.tuning is not None:
+        facts.append(f"Tuned per variant: {', '.join(f'`{k}`' for k in f.tuning.keys)} "
+                     f"({f.tuning.n_runs} tuning runs on seeds {f.tuning.seeds_text}, not used in the tests)")
+    if f.jobs_note:
+        facts.append(f.jobs_note)
+    blocks: list[Block] = [Heading(1, "Sweep report"), Para(opening_paragraph(f)), Bullets(facts),
+                           Heading(2, "How to read the verdict"), Para(f.metric_reason),
+                           Para(_rule_text(f))]
+    for axis, t in f.tables.items():
+        info = f.info.get(axis)
+        title = f"Axis `{axis}`" + (f" (baseline `{info['baseline']}`: {info['source']})" if info else "")
+        blocks.append(Heading(2, title))
+        mine = [c for c in f.comparisons if c.axis == axis]
+        if mine:
+            header, rows = comparison_rows(mine)
+            blocks.append(Table(header, rows, COMPARISON_NUMERIC))
+        if info:
+            blocks.append(Para(power_sentence(info, f.metric)))
+        blocks += _option_blocks(t, axis, [axis], f.metric)
+    if f.configs is not None:
+        blocks += [Heading(2, "Per configuration (all swept axes, over seeds)"),
+                   *_option_blocks(f.configs, "configuration", f.axes, f.metric)]
+    if f.tuning is not None:
+        blocks += [Heading(2, "Tuning"), *f.tuning.blocks(Para, Table)]
+    blocks += [Heading(2, "Runs not in the means"),
+               *not_in_means_blocks(f.runs, f.metric, f.axes, tuned=bool(f.settings.get("tuned"))),
                Heading(2, "Figures")]
-    shown = figures if figures is not None else [name for name, _ in FIGURES]
+    shown = figures if figures is not None else []
     captions = dict(FIGURES)
     blocks += [Figure(name, captions.get(name, name)) for name in shown]
     return blocks
+
+
+def _rule_text(f: Findings) -> str:
+    alpha = f.settings.get("alpha", 0.05)
+    return (f"Each option is compared with its axis's baseline on `{f.metric}` (difference = option "
+            f"minus baseline; lower is better, so a negative difference favours the option). When every "
+            f"run of the option has a baseline run with the same seed (and the same values of the other "
+            f"axes), the test is a paired t-test on the per-seed differences: the same seed means the "
+            f"same batches in the same order and the same validation windows, so the pairing removes "
+            f"most seed noise. Otherwise Welch's t-test. p-values are corrected with Holm's method "
+            f"across all {sum(not math.isnan(c.p_value) for c in f.comparisons)} tests of this report; "
+            f"`better`/`worse` means the corrected p is below α = {alpha}; otherwise "
+            f"`no detectable difference`, which is not evidence of equality (see the smallest "
+            f"resolvable difference under each table). The 95 % CIs are per comparison, uncorrected. "
+            f"Only completed runs that learned enter the tests; `{NOT_COMPARED}` says why not.")
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -233,11 +285,3 @@ def to_markdown(blocks: list[Block]) -> str:
         elif isinstance(b, Figure):
             parts.append(f"![{b.alt}]({b.src})")
     return "\n\n".join(parts) + "\n"
-
-
-def render(sweep: str, df: pd.DataFrame, axes: list[str], metric: str, metric_reason: str,
-           axis_tables: dict[str, pd.DataFrame], configs: pd.DataFrame | None,
-           jobs_note: str) -> str:
-    """report.md."""
-    return to_markdown(document(sweep, df, axes, metric, metric_reason, axis_tables, configs,
-                                jobs_note))

@@ -9,12 +9,15 @@ Jupyter alike.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from scipy import stats
 
 from analysis.atomic import save_figure
 from analysis.collect import RUNNING
@@ -75,116 +78,162 @@ def _run_curves(curves: pd.DataFrame, run: str, x: str, y: str) -> tuple[np.ndar
 
 def loss_curves_figure(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str],
                        metric: str) -> Figure:
-    """Validation metric against training step (left) and wall-clock seconds (right): one
-    colour per option, each run (seed) a thin line, the mean of completed runs thick."""
-    y = CURVE_COLUMN.get(metric, "val_loss")
+    """Validation metric (top row) and training loss (bottom row) against training step (left) and
+    tokens seen (right): one colour per option, each run (seed) a thin line with a marker at every
+    logged point, the mean of completed runs thick; the unigram baseline as a grey dashed line."""
+    y_val = CURVE_COLUMN.get(metric, "val_loss")
     labels = curve_groups(df, axes)
-    fig = Figure(figsize=(14, 5.5))
-    panels = fig.subplots(1, 2)
-    for panel, (x, xlabel, what) in zip(panels, [
-            ("step", "training step", "step"),
-            ("elapsed_s", "wall-clock time since training start (s)", "wall-clock time")]):
-        drawn = False
-        diverged = []
-        for i, group in enumerate(dict.fromkeys(labels)):
-            colour = COLOURS(i % 10)
-            runs = df[labels == group]
-            completed, partial = [], []
-            for _, run in runs.iterrows():
-                cx, cy = _run_curves(curves, run["run"], x, y)
-                if cx.size == 0:
-                    continue
-                if run["status"] == DIVERGED:
-                    diverged.append((cx, cy, colour))
-                    continue
-                panel.plot(cx, cy, color=colour, lw=0.8, alpha=0.45)
-                drawn = True
-                if run["status"] == COMPLETED:
-                    completed.append((cx, cy))
-                elif run["status"] == RUNNING:
-                    partial.append((cx, cy))
-            # The mean uses finished runs; runs still going only when nothing has finished.
-            mean_inputs = completed or partial
-            if mean_inputs:
-                gx, gy = _mean_curve(mean_inputs)
-                kind = "mean" if completed else "mean so far"
-                panel.plot(gx, gy, color=colour, lw=2.5,
-                           label=f"{group} ({kind} of {len(mean_inputs)})")
-        if drawn:
-            limits = panel.get_ylim()  # keep diverged runs from blowing up the scale
-            for cx, cy, colour in diverged:
-                panel.plot(cx, cy, color=colour, lw=0.8, ls=":")
-            panel.set_ylim(limits)
-        else:
-            panel.text(0.5, 0.5, "no validation data yet", ha="center", va="center",
-                       transform=panel.transAxes)
-        if diverged:
-            panel.plot([], [], color="grey", ls=":", label="diverged run")
-        panel.set_xlabel(xlabel)
-        panel.set_ylabel(label(y))
-        panel.set_title(f"{label(y)} vs {what}")
-        panel.grid(alpha=0.3)
-        if panel.get_legend_handles_labels()[0]:
-            panel.legend(fontsize=8, title=", ".join(axes) if axes else None, title_fontsize=8)
-    fig.suptitle("Validation curves: thin line = one run (seed), thick line = mean over "
-                 "completed runs", fontsize=11)
+    fig = Figure(figsize=(14, 9.5))
+    panels = fig.subplots(2, 2)
+    unigram = pd.to_numeric(df.get("unigram_val_loss"), errors="coerce").dropna() \
+        if "unigram_val_loss" in df else pd.Series(dtype=float)
+    for row, (y, what) in enumerate([(y_val, label(y_val)), ("train_loss", "training loss (nats/token)")]):
+        for panel, (x, xlabel) in zip(panels[row], [("step", "training step"), ("tokens", "tokens seen")]):
+            _curve_panel(panel, df, curves, labels, x, y)
+            if not unigram.empty and y in ("val_loss", "train_loss"):
+                level = float(unigram.median())
+                low, high = panel.get_ylim()
+                panel.axhline(level, color="grey", ls="--", lw=1, label=f"unigram baseline {level:.3f}")
+                panel.set_ylim(min(low, level - 0.05 * (high - low)), max(high, level + 0.05 * (high - low)))
+            panel.set_xlabel(xlabel)
+            panel.set_ylabel(what)
+            panel.set_title(f"{what} vs {xlabel}")
+            panel.grid(alpha=0.3)
+            if panel.get_legend_handles_labels()[0]:
+                panel.legend(fontsize=8, title=", ".join(axes) if axes else None, title_fontsize=8)
+    fig.suptitle("Thin line with markers = one run (seed), thick line = mean over completed runs"
+                 + ("; colour = configuration of " + ", ".join(axes) if len(axes) > 1 else ""), fontsize=11)
     fig.tight_layout()
     return fig
 
 
+def _curve_panel(panel, df: pd.DataFrame, curves: pd.DataFrame, labels: pd.Series, x: str, y: str) -> None:
+    drawn = False
+    diverged = []
+    for i, group in enumerate(dict.fromkeys(labels)):
+        colour = COLOURS(i % 10)
+        completed, partial = [], []
+        for _, run in df[labels == group].iterrows():
+            cx, cy = _run_curves(curves, run["run"], x, y)
+            if cx.size == 0:
+                continue
+            if run["status"] == DIVERGED:
+                diverged.append((cx, cy, colour))
+                continue
+            panel.plot(cx, cy, color=colour, lw=0.8, alpha=0.45, marker="o", ms=2.5)
+            drawn = True
+            if run["status"] == COMPLETED:
+                completed.append((cx, cy))
+            elif run["status"] == RUNNING:
+                partial.append((cx, cy))
+        # The mean uses finished runs; runs still going only when nothing has finished.
+        mean_inputs = completed or partial
+        if mean_inputs:
+            gx, gy = _mean_curve(mean_inputs)
+            kind = "mean" if completed else "mean so far"
+            panel.plot(gx, gy, color=colour, lw=2.5, marker="o", ms=4,
+                       label=f"{group} ({kind} of {len(mean_inputs)})")
+    if drawn:
+        limits = panel.get_ylim()  # keep diverged runs from blowing up the scale
+        for cx, cy, colour in diverged:
+            panel.plot(cx, cy, color=colour, lw=0.8, ls=":")
+        panel.set_ylim(limits)
+    else:
+        panel.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=panel.transAxes)
+    if diverged:
+        panel.plot([], [], color="grey", ls=":", label="diverged run")
+
+
+def _other_axes_label(df: pd.DataFrame, axis: str, axes: list[str]) -> tuple[pd.Series | None, str]:
+    """Colour key of each run on an axis's panel: the values of the other swept axes (None for a
+    one-axis sweep), and a legend title that says what the colours are."""
+    others = [a for a in axes if a != axis and a in df]
+    if not others:
+        return None, ""
+    key = df[others].astype("string").fillna("?").apply(
+        lambda r: ", ".join(f"{a}={r[a]}" for a in others), axis=1)
+    return key, "colour: " + ", ".join(others)
+
+
 def _per_option_panel(panel, df: pd.DataFrame, axis: str, table: pd.DataFrame | None,
-                      column: str, ok: pd.Series, rng: np.random.Generator) -> list[str]:
-    """Dots per run and mean ± std over `ok` runs of `column`, one x position per option."""
+                      column: str, ok: pd.Series, rng: np.random.Generator,
+                      colour_by: pd.Series | None = None, unreliable: pd.Series | None = None,
+                      interval: str = "ci") -> list[str]:
+    """Dots per run and mean with 95 % CI (`interval="ci"`) or ± std over `ok` runs of `column`, one
+    x position per option. `colour_by`: colour of each run (the other axes' values); `unreliable`:
+    runs drawn hollow."""
     options = list(table["option"]) if table is not None else ["all runs"]
+    keys = list(dict.fromkeys(colour_by[ok])) if colour_by is not None else []
     labelled = set()
+    values = pd.to_numeric(df[column], errors="coerce")
     for i, option in enumerate(options):
         in_option = (pd.Series(True, index=df.index) if table is None
                      else df[axis].astype("string") == str(option))
-        values = pd.to_numeric(df[column], errors="coerce")
-        vals = values[in_option & ok].dropna().to_numpy(float)
-        vals = vals[np.isfinite(vals)]
+        runs = df[in_option & ok & values.notna()]
+        for key in (keys or [None]):
+            subset = runs if key is None else runs[colour_by[runs.index] == key]
+            if subset.empty:
+                continue
+            vals = values[subset.index].to_numpy(float)
+            hollow = unreliable[subset.index].fillna(False).to_numpy(bool) if unreliable is not None \
+                else np.zeros(vals.size, bool)
+            colour = "tab:blue" if key is None else COLOURS(keys.index(key) % 10)
+            name = "one run (seed)" if key is None else key
+            x = i + rng.uniform(-0.12, 0.12, vals.size)
+            panel.scatter(x[~hollow], vals[~hollow], s=18, color=colour, alpha=0.75, zorder=3,
+                          label=None if name in labelled else name)
+            if hollow.any():
+                panel.scatter(x[hollow], vals[hollow], s=22, facecolors="none", edgecolors=colour, zorder=3,
+                              label=None if "contended" in labelled else "measured under contention")
+                labelled.add("contended")
+            labelled.add(name)
+        vals = values[runs.index].to_numpy(float)
+        if vals.size:
+            if interval == "ci" and vals.size >= 2:
+                half = float(stats.t.ppf(0.975, vals.size - 1) * vals.std(ddof=1) / math.sqrt(vals.size))
+                what = "mean, 95 % CI"
+            else:
+                half, what = (vals.std(ddof=1) if vals.size >= 2 else 0.0), "mean ± std"
+            panel.errorbar(i, vals.mean(), yerr=half, fmt="o", color="black", ms=8, capsize=6,
+                           zorder=4, label=None if "mean" in labelled else what)
+            labelled.add("mean")
         others = values[in_option & ~ok].dropna().to_numpy(float)
         others = others[np.isfinite(others)]
-        if vals.size:
-            panel.scatter(i + rng.uniform(-0.12, 0.12, vals.size), vals, s=18,
-                          color="tab:blue", alpha=0.7, zorder=3,
-                          label=None if "run" in labelled else "one run (seed)")
-            std = vals.std(ddof=1) if vals.size >= 2 else 0.0
-            panel.errorbar(i, vals.mean(), yerr=std, fmt="o", color="black", ms=8, capsize=6,
-                           zorder=4, label=None if "mean" in labelled else "mean ± std")
-            labelled |= {"run", "mean"}
         if others.size:
-            panel.scatter(i + rng.uniform(-0.12, 0.12, others.size), others, s=22,
-                          facecolors="none", edgecolors="grey", zorder=2,
-                          label=None if "other" in labelled else "not completed (not in mean)")
+            panel.scatter(i + rng.uniform(-0.12, 0.12, others.size), others, s=22, marker="x",
+                          color="grey", zorder=2,
+                          label=None if "other" in labelled else "not in the mean (did not learn, running)")
             labelled.add("other")
     panel.set_xticks(range(len(options)), [str(o) for o in options])
     panel.set_xlim(-0.6, len(options) - 0.4)
     return options
 
 
-def final_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str) -> Figure:
-    """Per swept axis a subplot: mean ± std per option and each seed as a dot."""
+def final_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str,
+                 axes: list[str] | None = None) -> Figure:
+    """Per swept axis a subplot: mean with 95 % CI per option and each run as a dot; in a multi-axis
+    sweep the dots are coloured by the other axes' values (the legend says so)."""
     ok = usable(df, metric)
+    axes = list(tables) if axes is None else axes
     items = list(tables.items()) or [("all runs", None)]
     fig = Figure(figsize=(max(5.5, 4.8 * len(items)), 4.8))
     panels = fig.subplots(1, len(items), squeeze=False)
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
     for panel, (axis, table) in zip(panels[0], items):
-        ranked = df.assign(**{metric: df[metric].where(ok)})  # only usable runs as dots
-        options = _per_option_panel(panel, ranked, axis, table, metric, ok, rng)
+        colour_by, title = _other_axes_label(df, axis, axes) if table is not None else (None, "")
+        options = _per_option_panel(panel, df, axis, table, metric, ok, rng, colour_by=colour_by)
         for i, option in enumerate(options):
             n_div = 0 if table is None else int(
                 table.loc[table["option"] == option, "n_diverged"].sum())
             if n_div:
                 panel.annotate(f"{n_div} diverged", (i, 0.02), xycoords=("data", "axes fraction"),
                                ha="center", color="tab:red", fontsize=8)
-        panel.set_xlabel(axis + (" (ranked best first)" if table is not None else ""))
+        panel.set_xlabel(axis)
         panel.set_ylabel(label(metric))
         panel.set_title(f"{metric} by {axis} (lower is better)")
         panel.grid(alpha=0.3, axis="y")
         if panel.get_legend_handles_labels()[0]:
-            panel.legend(fontsize=8)
+            panel.legend(fontsize=8, title=title or None, title_fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -200,9 +249,11 @@ def throughput_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: l
     fig = Figure(figsize=(max(11.0, 4.8 * (len(items) + 1)), 4.8))
     panels = fig.subplots(1, len(items) + 1, squeeze=False)[0]
     rng = np.random.default_rng(0)
+    unreliable = (df["tokens_per_s_reliable"] == False) if "tokens_per_s_reliable" in df else None  # noqa: E712
     for panel, (axis, table) in zip(panels, items):
-        _per_option_panel(panel, df, axis, table, "tokens_per_s", completed, rng)
-        panel.set_xlabel(axis + (" (ranked by " + metric + ")" if table is not None else ""))
+        _per_option_panel(panel, df, axis, table, "tokens_per_s", completed, rng, unreliable=unreliable,
+                          interval="std")
+        panel.set_xlabel(axis)
         panel.set_ylabel(label("tokens_per_s"))
         panel.set_title(f"throughput by {axis} (higher is faster)")
         panel.grid(alpha=0.3, axis="y")
@@ -243,9 +294,29 @@ def plot_loss_curves(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str], me
 
 
 def plot_final(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
-    save_figure(final_figure(df, tables, metric), path)
+    save_figure(final_figure(df, tables, metric, list(tables)), path)
 
 
 def plot_throughput(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: list[str],
                     metric: str, path: Path) -> None:
     save_figure(throughput_figure(df, tables, axes, metric), path)
+
+
+def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
+    """Every figure of a report into `out`; returns the file names written, in report order."""
+    from analysis.verdict_plots import differences_figure, tuning_figure
+
+    per_axis = f.tables if f.axes else {}
+    figures = {
+        "differences.png": lambda: differences_figure(f),
+        "loss_curves.png": lambda: loss_curves_figure(f.runs, curves, f.axes, f.metric),
+        "final_loss.png": lambda: final_figure(f.runs, per_axis, f.metric, f.axes),
+        "throughput.png": lambda: throughput_figure(f.runs, per_axis, f.axes, f.metric),
+    }
+    if f.tuning is not None:
+        figures["tuning.png"] = lambda: tuning_figure(f.tuning)
+    written = []
+    for name, make in figures.items():
+        save_figure(make(), out / name)
+        written.append(name)
+    return written

@@ -1,23 +1,19 @@
-"""Aggregate per-run results into ranked per-option tables and a winner verdict."""
+"""Aggregate per-run results into per-option tables (mean, 95 % CI of the mean, spread, cost).
+
+The verdict (each option against its axis's baseline) is `analysis.verdict`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 COMPLETED = "completed"
 DIVERGED = "diverged"
 # Options whose size/compute differ from the axis's smallest by more than this are flagged:
 # a lower loss may then come from a bigger model rather than the design choice.
 SIZE_TOLERANCE = 0.02
-NOISE_RULE = (
-    "the winner's margin counts as larger than seed noise when (mean_2nd - mean_1st) > "
-    "max(std_1st, std_2nd), with std over seeds (n>=2 each); otherwise 'within noise'; with "
-    "fewer than 2 seeds per option: 'no seed spread available'"
-)
-EXCEEDS, WITHIN, NO_SPREAD = "exceeds seed noise", "within noise", "no seed spread available"
 COST_COLUMNS = ["params_total", "params_non_embedding", "flops_per_token"]
 
 
@@ -40,8 +36,23 @@ def choose_metric(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def usable(df: pd.DataFrame, metric: str) -> pd.Series:
-    """Runs that enter the means: completed and with a recorded metric."""
-    return (df["status"] == COMPLETED) & df[metric].notna()
+    """Runs that enter the means: completed, with a recorded metric, and learned something (a run
+    that did not learn is listed, never averaged in as a plain loser)."""
+    ok = (df["status"] == COMPLETED) & df[metric].notna()
+    if "did_not_learn" in df:
+        ok &= ~df["did_not_learn"].astype(bool)
+    return ok
+
+
+def mean_interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of a mean (NaN with fewer than 2 values)."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    sem = float(values.std(ddof=1)) / math.sqrt(len(values))
+    if sem == 0:
+        return float(values.mean()), float(values.mean())
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=float(values.mean()), scale=sem)
+    return float(low), float(high)
 
 
 def _pooled_seed_std(values: pd.Series, groups: list[pd.Series] | None) -> float:
@@ -76,16 +87,20 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[st
         good = g[ok.loc[g.index]]
         vals = good[metric]
         row = {"option": key if len(by) > 1 else key[0] if isinstance(key, tuple) else key}
+        ci_low, ci_high = mean_interval(vals)
         row.update(
             n=len(vals), n_runs=len(g),
             n_diverged=int((g["status"] == DIVERGED).sum()),
-            other=_status_note(g["status"], int((g["status"] == COMPLETED).sum()) - len(vals)),
-            mean=vals.mean() if len(vals) else math.nan,
+            n_did_not_learn=int(g["did_not_learn"].astype(bool).sum()) if "did_not_learn" in g else 0,
+            other=_status_note(g["status"], int((g["status"] == COMPLETED).sum()) - len(vals)
+                               - (int(g["did_not_learn"].astype(bool).sum()) if "did_not_learn" in g else 0)),
+            mean=vals.mean() if len(vals) else math.nan, ci_low=ci_low, ci_high=ci_high,
             std=float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan,
             seed_std=_pooled_seed_std(vals, [good[c].astype("string") for c in seed_groups]),
             min=vals.min() if len(vals) else math.nan,
             max=vals.max() if len(vals) else math.nan,
             tokens_per_s=good["tokens_per_s"].mean() if len(good) else math.nan,
+            tokens_per_s_reliable=_all_reliable(good),
         )
         # Size and compute are properties of the config, so any run that reports them counts.
         for col in COST_COLUMNS:
@@ -94,8 +109,10 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[st
     table = pd.DataFrame(rows)
     # Diverged runs count as losses, not as missing values: an option that diverged at all
     # ranks below every option that did not; options with no completed run come last.
+    # Options that did not learn or diverged come after those that trained, never interleaved with
+    # them by a mean over whatever runs survived.
     table["_key1"] = table["n"] == 0
-    table["_key2"] = table["n_diverged"] > 0
+    table["_key2"] = (table["n_diverged"] > 0) | (table["n_did_not_learn"] > 0)
     table = table.sort_values(["_key1", "_key2", "mean"], na_position="last", kind="stable")
     table = table.drop(columns=["_key1", "_key2"]).reset_index(drop=True)
     for col in ("params_total", "flops_per_token"):
@@ -103,6 +120,14 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[st
         table[f"flag_{col}"] = (table[col] - smallest) / smallest > SIZE_TOLERANCE if smallest > 0 \
             else False
     return table
+
+
+def _all_reliable(runs: pd.DataFrame) -> Any:
+    """True when every run's tokens/s was measured without contention, False when one was not,
+    None when the runs did not record it."""
+    if "tokens_per_s_reliable" not in runs or runs["tokens_per_s_reliable"].isna().all():
+        return None
+    return bool(runs["tokens_per_s_reliable"].fillna(False).all())
 
 
 def axis_table(df: pd.DataFrame, axis: str, axes: list[str], metric: str) -> pd.DataFrame:
@@ -120,39 +145,3 @@ def ranked_tables(df: pd.DataFrame, axes: list[str], metric: str) -> dict[str, p
         return {a: axis_table(df, a, axes, metric) for a in axes}
     df_all = df.assign(configuration="all runs")
     return {"configuration": axis_table(df_all, "configuration", [], metric)}
-
-
-@dataclass
-class Verdict:
-    winner: str | None
-    runner_up: str | None
-    margin: float
-    threshold: float
-    verdict: str  # EXCEEDS, WITHIN, NO_SPREAD, or an explanation when there is no comparison
-    note: str = ""
-
-
-def decide(table: pd.DataFrame, label: Callable[[Any], str] = str) -> Verdict:
-    """Winner of a ranked table and whether its margin over the runner-up beats seed noise.
-
-    `label` names an option (a configuration table's options are tuples)."""
-    ranked = table[table["n"] > 0]
-    if ranked.empty:
-        return Verdict(None, None, math.nan, math.nan, "no completed runs")
-    first = ranked.iloc[0]
-    if len(ranked) == 1:
-        return Verdict(label(first["option"]), None, math.nan, math.nan,
-                       "no runner-up with completed runs")
-    second = ranked.iloc[1]
-    margin = float(second["mean"] - first["mean"])
-    threshold = max(first["seed_std"], second["seed_std"])
-    note = ""
-    if margin < 0:  # only a divergence can rank a lower mean second
-        note = (f"`{label(second['option'])}` has the lower mean over its completed runs but "
-                f"ranks below because {int(second['n_diverged'])} of its runs diverged")
-    if math.isnan(first["seed_std"]) or math.isnan(second["seed_std"]):
-        return Verdict(label(first["option"]), label(second["option"]), margin, math.nan, NO_SPREAD,
-                       note)
-    verdict = EXCEEDS if margin > threshold else WITHIN
-    return Verdict(label(first["option"]), label(second["option"]), margin, float(threshold),
-                   verdict, note)

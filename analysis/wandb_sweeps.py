@@ -43,6 +43,12 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
+TUNED = "ablate_tuned"  # hydra_plugins/ablate_tuning_sweeper: tunes keys per variant, then the verdict
+GRID_SWEEPERS = ("basic", TUNED)
+UNTUNED_NOTE = (" (W&B twin: every variant at the default learning rate, untuned; per-variant tuning needs the "
+                "Hydra sweep `python ablate/run.py -m +sweep=NAME`)")
+
+
 class SweepError(ValueError):
     """A Hydra sweep that cannot be expressed as a W&B grid."""
 
@@ -83,7 +89,7 @@ def parameters(path: Path) -> dict[str, dict[str, Any]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import IntervalSweep
 
-    params = _load(path).hydra.sweeper.params
+    params = _load(path).hydra.sweeper.params  # (a tuning sweeper's `tune` grid has no W&B counterpart)
     parser = OverridesParser.create()
     out: dict[str, dict[str, Any]] = {}
     for key, value in OmegaConf.to_container(params, resolve=False).items():
@@ -137,7 +143,7 @@ def config(name: str, sweeps_dir: Path) -> dict[str, Any]:
     cfg = _load(path)
     params = parameters(path)
     kind = sweeper(cfg)
-    search = kind != "basic" or any("values" not in spec for spec in params.values())
+    search = kind not in GRID_SWEEPERS or any("values" not in spec for spec in params.values())
     method = "grid"
     if search:
         sampler = str(OmegaConf.select(cfg, "hydra.sweeper.sampler._target_", default="") or "")
@@ -147,6 +153,9 @@ def config(name: str, sweeps_dir: Path) -> dict[str, Any]:
     parameters_.update(params)
     out: dict[str, Any] = {"name": f"ablate-{name}"}
     question = header_line(path, "Question")
+    if kind == TUNED:  # W&B cannot run the two stages: its grid is the untuned verdict grid
+        parameters_["compare.tuned"] = {"value": "[]"}
+        question = (question or "") + UNTUNED_NOTE
     if question:
         out["description"] = question
     out.update(program=PROGRAM, method=method,

@@ -39,7 +39,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["status"] == "completed"
     assert summary["tokens_seen"] == 10 * 8 * 64  # train.batch_size is the global batch
-    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 10  # written once, by rank 0
+    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 11  # steps 0-10, written once, by rank 0
 
 
 def test_slurm_tasks_become_torch_distributed_variables(monkeypatch):

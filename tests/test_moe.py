@@ -261,8 +261,8 @@ def test_a_training_run_logs_moe_losses_and_expert_load(tmp_path):
     summary = train(cfg, tmp_path, progress=False)
     assert summary["status"] == "completed"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3
-    for row in rows:
+    assert len(rows) == 4 and rows[0]["step"] == 0  # the step-0 evaluation, then 3 training steps
+    for row in rows[1:]:
         assert row["moe_aux_loss"] > 0 and row["moe_router_z_loss"] > 0
         for i in range(cfg.model.n_layers):
             assert math.isclose(sum(row[f"expert_load/blocks.{i}.mlp"]), 1.0, rel_tol=1e-6)

@@ -50,8 +50,9 @@ def test_notebook_is_clean_and_parameterised() -> None:
     [params] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert "SWEEP_DIR" in params.source and "ABLATE_SWEEP_DIR" in params.source
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    for name in ("load_results", "load_curves", "swept_axes", "ranked_tables",
-                 "plots.loss_curves_figure", "plots.final_figure", "plots.throughput_figure"):
+    for name in ("load_results", "load_curves", "swept_axes", "gather", "comparisons_frame", "ranked_frame",
+                 "differences_figure", "plots.loss_curves_figure", "plots.final_figure",
+                 "plots.throughput_figure"):
         assert name in code
     assert "torch" not in code and "from ablate" not in code and "import ablate" not in code
 
@@ -82,11 +83,13 @@ def test_notebook_runs_on_a_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     text = "\n".join(map(text_of, outs))
     assert f"sweep: {sweep.resolve()}" in text  # the environment variable was used
     assert "8 runs" in text and "swept axes: ['norm']" in text
-    # The ranked table, with the same cells as report.md: rms 3 of 4 runs completed.
-    rms = f"{statistics.mean(RMS):.4f} ± {statistics.stdev(RMS):.4f}"
-    ln = f"{statistics.mean(LN):.4f} ± {statistics.stdev(LN):.4f}"
-    assert rms in text and ln in text and text.index(rms) < text.index(ln)
-    assert "3/4" in text and "1 running" in text and "1 failed" in text
-    assert "**Winner: `rms`**" in text and "exceeds seed noise" in text
+    # The verdict (ln vs the default rms, paired over seeds 0-2) and the numeric per-option tables:
+    # means as numbers, the CI bounds in their own columns.
+    assert "`norm`: `rms`" in text and "worse" in text and "Winner" not in text
+    tables = [o.data["text/html"] for o in outs if "text/html" in o.get("data", {})]
+    per_option = next(t for t in tables if "ci_low" in t and "final_val_loss mean" in t)
+    for value in (statistics.mean(RMS), statistics.mean(LN)):
+        assert f"<td>{value:g}</td>" in per_option
+    assert "±" not in per_option
     pngs = [base64.b64decode(o.data["image/png"]) for o in outs if "image/png" in o.get("data", {})]
-    assert len(pngs) == 3 and all(p.startswith(PNG_MAGIC) for p in pngs)
+    assert len(pngs) == 4 and all(p.startswith(PNG_MAGIC) for p in pngs)

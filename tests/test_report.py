@@ -20,7 +20,7 @@ from analysis.report import expected_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PNGS = ("loss_curves.png", "final_loss.png", "throughput.png")
+PNGS = ("differences.png", "loss_curves.png", "final_loss.png", "throughput.png")
 GROUPS = ["model", "norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap",
           "z_loss", "moe", "data", "tokenizer", "optim", "schedule", "logger"]
 DEFAULTS = {"model": "nano", "norm": "rms", "pos": "rope", "tokenizer": "bpe"}
@@ -95,10 +95,15 @@ def report(sweep: Path) -> Path:
     return build_report(sweep)
 
 
-def md_row(rank: str, option: str, n: str, vals: list[float]) -> str:
-    return (f"| {rank} | `{option}` | {n} | {statistics.mean(vals):.4f} ± "
-            f"{statistics.stdev(vals):.4f} | {statistics.stdev(vals):.4f} | {min(vals):.4f} | "
-            f"{max(vals):.4f} | 1,000,000 | 500,000 | 6e+06 | 10,000 |")
+def md_row(option: str, n: str, vals: list[float]) -> str:
+    """The per-option row of report.md: mean, its 95 % t interval (scipy), std, seed std, cost."""
+    from scipy import stats
+
+    low, high = stats.t.interval(0.95, len(vals) - 1, loc=statistics.mean(vals),
+                                 scale=statistics.stdev(vals) / len(vals) ** 0.5)
+    return (f"| `{option}` | {n} | {statistics.mean(vals):.4f} | {low:.4f} to {high:.4f} | "
+            f"{statistics.stdev(vals):.4f} | {statistics.stdev(vals):.4f} | 1,000,000 | 500,000 | "
+            f"6e+06 | 10,000 |")
 
 
 def test_collect(sweep: Path) -> None:
@@ -149,17 +154,20 @@ def test_report_markdown(sweep: Path, report: Path) -> None:
     assert f"- Sweep: `{sweep.resolve()}`" in md
     assert "- Runs: 9 (6 completed, 1 diverged, 1 failed, 1 running)" in md
     assert "Metric: `final_val_loss`" in md
-    assert "(mean_2nd - mean_1st) > max(std_1st, std_2nd)" in md
     assert "Jobs expected from multirun.yaml: 10, run dirs found: 9 — **1 missing**" in md
-    # Ranked best first; rms: 3 of 5 runs completed (1 failed, 1 running), ln: 3 of 4.
-    rms = md_row("1", "rms", "3/5", RMS)
-    ln = md_row("2", "ln", "3/4", LN)
+    # The opening paragraph: the question, the verdict in the contract's words, what was held fixed.
+    opening = md.split("\n\n")[1]
+    assert opening.startswith("**Question:** Does the choice of `norm` change `final_val_loss`?")
+    assert "`norm` (baseline `rms`): `ln`: not compared (diverged)" in opening
+    assert "Winner" not in md
+    assert "**Held fixed:** model `nano`" in opening and "unigram baseline" in opening
+    # Per option, best mean first; rms: 3 of 5 runs completed (1 failed, 1 running), ln: 3 of 4.
+    rms = md_row("rms", "3/5", RMS)
+    ln = md_row("ln", "3/4", LN)
     assert rms in md and ln in md and md.index(rms) < md.index(ln)
     assert "1 failed, 1 running |" in md[md.index(rms):] and "1 diverged |" in md[md.index(ln):]
-    margin = statistics.mean(LN) - statistics.mean(RMS)
-    noise = max(statistics.stdev(RMS), statistics.stdev(LN))
-    assert (f"**Winner: `rms`** — margin {margin:.4f} in final_val_loss over runner-up `ln` vs "
-            f"max seed std {noise:.4f}: **exceeds seed noise**.") in md
+    # ln diverged once: it is not compared (its verdict would measure the learning rate).
+    assert "| `ln` | `rms` | 3/3 | – | – | – | – | – | not compared | `ln` diverged in 1 of 4 runs" in md
     section = md[md.index("## Runs not in the means"):]
     assert "| `6` | diverged | ln | 3 | loss is NaN at step 120 |" in section
     assert "| `7` | failed | rms | 4 | CUDA out of memory |" in section
@@ -223,15 +231,13 @@ def test_index_html(sweep: Path, report: Path) -> None:
     assert "script" not in page.tags and "http" not in text  # opens from disk, nothing to fetch
     # The same tables as report.md, cell for cell (rankings, means, runs not in the means).
     md_tables = markdown_tables((report / "report.md").read_text(encoding="utf-8"))
-    assert len(md_tables) == 2 and page.tables == md_tables
-    [ranked, excluded] = page.tables
-    assert ranked[1][:4] == ["1", "rms", "3/5", f"{statistics.mean(RMS):.4f} ± "
-                                                f"{statistics.stdev(RMS):.4f}"]
-    assert ranked[2][:4] == ["2", "ln", "3/4", f"{statistics.mean(LN):.4f} ± "
-                                               f"{statistics.stdev(LN):.4f}"]
+    assert len(md_tables) == 3 and page.tables == md_tables
+    [compared, options, excluded] = page.tables
+    assert compared[1][:3] == ["ln", "rms", "3/3"] and compared[1][8] == "not compared"
+    assert options[1][:3] == ["rms", "3/5", f"{statistics.mean(RMS):.4f}"]
+    assert options[2][:3] == ["ln", "3/4", f"{statistics.mean(LN):.4f}"]
     assert ["6", "diverged", "ln", "3", "loss is NaN at step 120"] in excluded
-    assert "<strong>Winner: <code>rms</code></strong>" in text
-    assert "<strong>exceeds seed noise</strong>" in text
+    assert "<strong>Question:</strong>" in text and "Winner" not in text
     # Every PNG of the report is shown, by a path relative to index.html.
     assert sorted(page.images) == sorted(p.name for p in report.glob("*.png")) == sorted(PNGS)
     assert '<a href="results.csv">' in text
@@ -256,21 +262,29 @@ def _marker_points(panel) -> list[tuple[float, float]]:
 def test_loss_curves_figure(sweep: Path) -> None:
     df, curves = load_results(sweep), load_curves(sweep)
     fig = plots.loss_curves_figure(df, curves, ["norm"], "final_val_loss")
-    steps, clock = fig.axes
-    assert steps.get_xlabel() == "training step" and "wall-clock" in clock.get_xlabel()
-    for panel in (steps, clock):
-        assert panel.get_ylabel() == "validation loss (nats/token)"
-        assert "validation loss" in panel.get_title()
+    val_steps, val_tokens, train_steps, train_tokens = fig.axes
+    assert val_steps.get_xlabel() == train_steps.get_xlabel() == "training step"
+    assert val_tokens.get_xlabel() == train_tokens.get_xlabel() == "tokens seen"
+    assert val_steps.get_ylabel() == "validation loss (nats/token)"
+    assert train_steps.get_ylabel() == "training loss (nats/token)"
+    for panel in fig.axes:
         legend = [t.get_text() for t in panel.get_legend().get_texts()]
-        assert legend == ["norm=rms (mean of 3)", "norm=ln (mean of 3)"]
-        widths = sorted(line.get_linewidth() for line in panel.lines)
-        # Thin: 4 rms runs (3 completed + 1 running), 3 ln runs; thick: one mean per option.
-        assert widths == [0.8] * 7 + [2.5] * 2
-        colours = {line.get_color() for line in panel.lines if line.get_linewidth() == 2.5}
-        assert len(colours) == 2
-    mean_rms = next(line for line in steps.lines if line.get_label() == "norm=rms (mean of 3)")
+        diverged = ["diverged run"] if panel in (train_steps, train_tokens) else []  # it logged no val_loss
+        assert legend == ["norm=rms (mean of 3)", "norm=ln (mean of 3)", *diverged, "unigram baseline 6.000"]
+        solid = [line for line in panel.lines if line.get_linestyle() == "-"]
+        widths = sorted(line.get_linewidth() for line in solid)
+        # Thin: 4 rms runs (3 completed + 1 running), 3 ln runs, and on the training-loss panels the
+        # failed run (it logged no val_loss); thick: one mean per option; the diverged run dotted, the
+        # unigram baseline dashed.
+        assert widths == [0.8] * (7 + len(diverged)) + [2.5] * 2
+        assert all(line.get_marker() == "o" for line in solid)
+        [unigram] = [line for line in panel.lines if line.get_linewidth() == 1.0]
+        assert list(unigram.get_ydata()) == [6.0, 6.0]
+    mean_rms = next(line for line in val_steps.lines if line.get_label() == "norm=rms (mean of 3)")
     assert mean_rms.get_xdata()[-1] == 100
     assert mean_rms.get_ydata()[-1] == pytest.approx(statistics.mean(RMS))
+    mean_tokens = next(line for line in val_tokens.lines if line.get_label() == "norm=rms (mean of 3)")
+    assert mean_tokens.get_xdata()[-1] == 100 * 1000
 
 
 def test_throughput_figure_and_png(tmp_path: Path) -> None:
@@ -291,7 +305,7 @@ def test_throughput_figure_and_png(tmp_path: Path) -> None:
     # Means over completed runs only: the running run (500 tokens/s) is drawn but not averaged.
     assert _marker_points(per_option) == [(0.0, 1100.0), (1.0, 2100.0)]
     legend = [t.get_text() for t in per_option.get_legend().get_texts()]
-    assert sorted(legend) == ["mean ± std", "not completed (not in mean)", "one run (seed)"]
+    assert sorted(legend) == ["mean ± std", "not in the mean (did not learn, running)", "one run (seed)"]
     assert scatter.get_xlabel() == "training throughput (tokens/s)"
     assert scatter.get_ylabel() == "final validation loss (nats/token)"
     # One colour per option: its mean (tokens/s, loss), in the order the runs were found.
@@ -303,66 +317,92 @@ def test_throughput_figure_and_png(tmp_path: Path) -> None:
     assert plots.to_png(fig)[:8] == PNG_MAGIC
 
 
-def test_within_noise_and_no_spread(tmp_path: Path) -> None:
+def test_verdict_words(tmp_path: Path) -> None:
     noisy = tmp_path / "noisy"
-    rms, ln = [3.00, 3.20, 3.10], [3.05, 3.25, 3.15]
+    rms, ln = [3.00, 3.20, 3.10], [3.05, 3.15, 3.25]
     for i, (norm, losses) in enumerate((("rms", rms), ("ln", ln))):
         for seed, loss in enumerate(losses):
             make_run(noisy / f"{i}{seed}", {"norm": norm, "train.seed": str(seed)}, loss)
     md = (build_report(noisy) / "report.md").read_text()
-    assert "**Winner: `rms`**" in md and "**within noise**" in md
+    assert "`norm` (baseline `rms`): nothing detectable: `ln`: no detectable difference" in md
+    assert "Differences smaller than" in md and "cannot be resolved with 3 seeds; 5 seeds would resolve" in md
 
     single = tmp_path / "single"
     make_run(single / "0", {"norm": "rms"}, 3.0)
     make_run(single / "1", {"norm": "ln"}, 3.2, params=1_100_000)
     md = (build_report(single) / "report.md").read_text()
-    assert "**Winner: `rms`**" in md and "**no seed spread available**" in md
+    assert "`ln`: not compared (one seed)" in md and "Winner" not in md
     assert "1,100,000 ⚠" in md  # 10 % more parameters than the smallest option
 
 
-def test_diverged_option_ranks_last(tmp_path: Path) -> None:
+def test_did_not_learn_is_marked_not_ranked(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    for seed in range(3):
+        make_run(root / f"a{seed}", {"pos": "rope", "train.seed": str(seed)}, 5.0 + seed / 100)
+        make_run(root / f"b{seed}", {"pos": "sinusoidal", "train.seed": str(seed)}, 5.9 + seed / 100)
+    out = build_report(root)
+    csv = pd.read_csv(out / "results.csv")
+    assert csv.set_index("run")["did_not_learn"].to_dict() == {
+        "a0": False, "a1": False, "a2": False, "b0": True, "b1": True, "b2": True}  # 5.9 >= 0.98 * 6.0
+    [row] = pd.read_csv(out / "comparisons.csv").to_dict("records")
+    assert row["verdict"] == "not compared" and row["did_not_learn"]
+    md = (out / "report.md").read_text()
+    assert "`sinusoidal`: not compared (did not learn)" in md
+    assert "| `b0` | did not learn | sinusoidal | 0 |" in md and "does not suit it" in md
+
+
+def test_diverged_option_is_not_compared(tmp_path: Path) -> None:
     root = tmp_path / "s"
     for seed in range(2):
-        make_run(root / f"a{seed}", {"optim.lr": "0.001", "train.seed": str(seed)}, 3.5 + seed / 10)
+        make_run(root / f"a{seed}", {"optim.lr": "0.003", "train.seed": str(seed)}, 3.5 + seed / 10)
         make_run(root / f"b{seed}", {"optim.lr": "0.01", "train.seed": str(seed)}, 3.0 + seed / 10)
     make_run(root / "b2", {"optim.lr": "0.01", "train.seed": "2"}, None, status="diverged",
              error="loss spike")
     md = (build_report(root) / "report.md").read_text()
-    assert "**Winner: `0.001`**" in md
-    assert ("`0.01` has the lower mean over its completed runs but ranks below because 1 of its "
-            "runs diverged") in md
+    # optim.lr's default (3e-3 in conf/optim/adamw.yaml) is the baseline, matched by value.
+    assert "## Axis `optim.lr` (baseline `0.003`: the default in conf/config.yaml)" in md
+    assert "`optim.lr` (baseline `0.003`): `0.01`: not compared (diverged)" in md
+    # The diverged option is listed after the one that trained, although its mean is lower.
+    assert md.index("| `0.003` | 2/2 |") < md.index("| `0.01` | 2/3 |")
 
 
 def test_bpb_when_tokenizers_differ(tmp_path: Path) -> None:
     root = tmp_path / "tok"
-    for seed in range(2):
+    for seed in range(3):
         # Per-token loss favours byte (fewer classes) but bits per byte favours bpe.
         make_run(root / f"bpe{seed}", {"tokenizer": "bpe", "train.seed": str(seed)}, 3.0,
                  bpb=1.20 + seed / 100)
         make_run(root / f"byte{seed}", {"tokenizer": "byte", "train.seed": str(seed)}, 1.0,
-                 bpb=1.40 + seed / 100, vocab=257)
-    md = (build_report(root) / "report.md").read_text()
+                 bpb=1.40 + seed / 50, vocab=257)
+    out = build_report(root)
+    md = (out / "report.md").read_text()
     assert "Metric: `val_bpb`" in md and "different tokenizers (bpe, byte)" in md
-    assert "**Winner: `bpe`** — margin 0.2000 in val_bpb" in md
+    [row] = pd.read_csv(out / "comparisons.csv").to_dict("records")
+    assert (row["metric"], row["option"], row["verdict"]) == ("val_bpb", "byte", "worse")
+    assert row["diff_mean"] == pytest.approx(0.21)
 
 
 def test_two_axes(tmp_path: Path) -> None:
     root = tmp_path / "grid"
     for norm in ("rms", "ln"):
         for pos in ("rope", "learned"):
-            for seed in range(2):
-                loss = 3.0 + (norm == "ln") * 0.3 + (pos == "learned") * 0.1 + seed * 0.01
+            for seed in range(3):
+                loss = 3.0 + (norm == "ln") * 0.3 + (pos == "learned") * 0.1 + seed * 0.01 \
+                    + (seed * (norm == "ln") - 1) * 0.002
                 make_run(root / f"{norm}-{pos}" / str(seed),  # nested subdirs
                          {"norm": norm, "pos": pos, "train.seed": str(seed)}, loss)
     df = load_results(root)
     assert swept_axes(df) == ["norm", "pos"]
-    md = (build_report(root) / "report.md").read_text()
-    assert "## Axis `norm`" in md and "## Axis `pos`" in md
-    assert "## Per configuration" in md and "**Winner: `norm=rms, pos=rope`**" in md
-    # pos: std over all runs of an option (0.17) mixes in the norm effect; the verdict uses the
-    # seed std with norm held fixed (pooled: 0.0071), so the 0.1 margin beats seed noise.
-    pos = md[md.index("## Axis `pos`"):md.index("## Per configuration")]
-    assert "max seed std 0.0071: **exceeds seed noise**" in pos
+    out = build_report(root)
+    md = (out / "report.md").read_text()
+    assert "## Axis `norm`" in md and "## Axis `pos`" in md and "## Per configuration" in md
+    table = pd.read_csv(out / "comparisons.csv").set_index("axis")
+    # pos: the seed spread (0.01 per seed) is shared by both options, so pairing by seed (and norm)
+    # leaves the 0.1 difference with almost no noise: a paired test over 3 seeds finds it.
+    assert table.loc["pos", "paired"] and table.loc["pos", "verdict"] == "worse"
+    assert table.loc["pos", "diff_mean"] == pytest.approx(0.1)
+    assert table.loc["norm", "verdict"] == "worse"
+    assert table.loc["norm", "diff_mean"] == pytest.approx(0.3 + 0.002)
 
 
 def test_cli(tmp_path: Path) -> None:
@@ -373,7 +413,8 @@ def test_cli(tmp_path: Path) -> None:
     done = subprocess.run([*cmd, str(sweep)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr, done.stderr
     assert done.stdout.startswith(f"report: {sweep / 'report'}\n")
-    assert "# Sweep report" in done.stdout and "**Winner: `rms`**" in done.stdout
+    assert "# Sweep report" in done.stdout and "Winner" not in done.stdout
+    assert "`ln`: not compared (one seed)" in done.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
     done = subprocess.run([*cmd, str(empty)], cwd=REPO, capture_output=True, text=True)
@@ -387,7 +428,8 @@ def test_callback_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
     make_run(run, {"norm": "rms"}, 3.0)
     SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(run)}}}))
     md = (run / "report" / "report.md").read_text()
-    assert "- Runs: 1 (1 completed)" in md and "| 1 | `all runs` | 1/1 | 3.0000 ± – |" in md
+    assert "- Runs: 1 (1 completed)" in md and "| `all runs` | 1/1 | 3.0000 | – |" in md
+    assert "no axis was swept" in md
     assert find_runs(run) == [run]
     assert "sweep report:" in capsys.readouterr().out
     missing = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "x")}}})
@@ -404,6 +446,7 @@ def test_analysis_never_imports_torch_or_training_code(sweep: Path) -> None:
             "analysis.report, analysis.wandb_sweeps as w; "
             f"df = analysis.load_results({str(sweep)!r}); "
             "analysis.ranked_tables(df, analysis.swept_axes(df), 'final_val_loss'); "
+            f"analysis.build_report({str(sweep)!r}, plots=False); "
             "w.expected(w.default_sweeps_dir()); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'ablate', 'components')))")

@@ -18,16 +18,30 @@ REQUIRED = {"norm", "norm_pos", "ffn", "block", "pos", "attn", "heads", "kv_head
             "vocab", "lr", "lecture"}
 
 
+# The learning-rate sweeps answer the rate question itself: tuning the rate per variant there is moot.
+UNTUNED = {"lr", "lr_search"}
+
+
 def header(name: str) -> dict[str, str]:
     text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
-    return dict(re.findall(r"^# (Question|Grid|Jobs|Trials|Expected time): (.+)$", text, re.M))
+    return dict(re.findall(r"^# (Question|Grid|Tuning|Jobs|Cost|Trials|Expected time): (.+)$", text, re.M))
+
+
+def hydra_config(name: str):
+    hydra_compose_once()  # initializes Hydra once for this process
+    return hydra_compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
 
 
 def jobs(name: str) -> list[list[str]]:
-    """The job overrides Hydra's basic sweeper will launch for `+sweep=NAME`."""
-    hydra_compose_once()  # initializes Hydra once for this process
-    cfg = hydra_compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
-    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    """Every job's overrides that `-m +sweep=NAME` launches: the basic sweeper's grid, or both stages
+    of the tuning sweeper (its verdict stage at the grid's first tuned value: any is a valid job)."""
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan
+
+    sweeper = hydra_config(name).hydra.sweeper
+    params = [f"{key}={value}" for key, value in sweeper.params.items()]
+    if "tune" in sweeper:
+        p = plan(params, dict(sweeper.tune), list(sweeper.tune_seeds), sweeper.seed_key)
+        return p.tuning_jobs() + p.verdict_jobs([p.grid[0]] * len(p.variants))
     parsed = OverridesParser.create().parse_overrides(params)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
@@ -41,14 +55,33 @@ def test_sweep_states_its_question_and_every_job_is_a_valid_config(name):
     info = header(name)
     assert {"Question", "Grid", "Jobs", "Expected time"} <= info.keys(), info
     minutes = int(re.search(r"(\d+) minutes", info["Expected time"]).group(1))
-    assert minutes <= 20
+    assert minutes <= 30
     grid = jobs(name)
     assert len(grid) == int(info["Jobs"])
-    seeds = {o for job in grid for o in job if o.startswith("train.seed=")}
+    verdict = [job for job in grid if "compare.stage=tune" not in job]
+    seeds = {o for job in verdict for o in job if o.startswith("train.seed=")}
     assert len(seeds) >= 3
-    distinct = {tuple(o for o in job if not o.startswith("train.seed=")) for job in grid}  # seeds change no validity
-    for job in sorted(distinct):
+    # Seeds change no validity; a tuned rate only needs checking once (with the first variant).
+    distinct = {tuple(o for o in job if not o.startswith(("train.seed=", "compare.", "optim.lr="))) for job in grid}
+    rates = sorted({o for job in grid for o in job if o.startswith("optim.lr=")})
+    first = min(distinct)
+    for job in sorted(distinct) + [(*first, rate) for rate in rates]:
         check(hydra_compose("config", overrides=[f"+sweep={name}", *job]))
+
+
+@pytest.mark.parametrize("name", sorted(set(SWEEPS) - UNTUNED))
+def test_sweep_tunes_the_rate_per_variant_at_most_doubling_its_cost(name):
+    sweeper = hydra_config(name).hydra.sweeper
+    assert sweeper._target_.endswith("TuningSweeper") and list(sweeper.tune) == ["optim.lr"]
+    assert list(hydra_compose_once(f"+sweep={name}").compare.tuned) == ["optim.lr"]  # the report knows
+    rates = [float(v) for v in str(sweeper.tune["optim.lr"]).split(",")]
+    assert len(rates) >= 3 and min(rates) < max(rates)
+    grid = jobs(name)
+    tuning = [job for job in grid if "compare.stage=tune" in job]
+    verdict = len(grid) - len(tuning)
+    assert len(tuning) <= verdict  # total <= 2x the untuned sweep with the same verdict seeds
+    info = header(name)
+    assert {"Tuning", "Cost"} <= info.keys() and f"{len(tuning)} tuning + {verdict} verdict runs" in info["Cost"]
 
 
 @pytest.mark.parametrize("name", SEARCHES)

@@ -31,10 +31,13 @@ def trained(tmp_path_factory):
 def test_twenty_steps_lower_the_loss(trained):
     _, run_dir, summary = trained
     rows = metrics(run_dir)
-    assert [r["step"] for r in rows] == list(range(1, 21))
-    first, last = rows[0]["train_loss"], sum(r["train_loss"] for r in rows[-3:]) / 3
+    assert [r["step"] for r in rows] == list(range(0, 21))  # step 0: the untrained model's evaluation
+    assert rows[0]["train_loss"] is None and rows[0]["tokens"] == 0
+    assert rows[0]["val_loss"] == pytest.approx(math.log(400), abs=0.1)  # near-uniform at random init
+    first, last = rows[1]["train_loss"], sum(r["train_loss"] for r in rows[-3:]) / 3
     assert last < first - 0.5
-    assert summary["final_val_loss"] < rows[9]["val_loss"] < 6.0  # log(400) = 5.99 at random init
+    assert summary["final_val_loss"] < rows[10]["val_loss"] < 6.0  # log(400) = 5.99 at random init
+    assert 0 <= summary["others_cpu_share"] <= 1 and 0 <= summary["steal_share"] <= 1
     assert summary["status"] == "completed"
 
 
@@ -92,7 +95,7 @@ def test_resuming_a_finished_run_trains_nothing_more(trained, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     again = train(cfg, copy, progress=False)
-    assert again["steps"] == 20 and len(metrics(copy)) == 20
+    assert again["steps"] == 20 and len(metrics(copy)) == 21  # steps 0 (evaluation only) to 20
     assert again["final_val_loss"] == pytest.approx(summary["final_val_loss"], rel=1e-6)
 
 

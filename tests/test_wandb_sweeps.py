@@ -121,14 +121,18 @@ def test_wandb_file_matches_the_hydra_sweep(name: str) -> None:
 
     source = OmegaConf.load(SWEEPS / f"{name}.yaml")
     swept = OmegaConf.to_container(source.hydra.sweeper.params)
-    assert [k for k in params if k not in ("+sweep", "hydra.run.dir")] == list(swept)
-    if wandb_sweeps.sweeper(source) != "basic":  # a search (Optuna): W&B searches too
+    fixed = ("+sweep", "hydra.run.dir", "compare.tuned")
+    assert [k for k in params if k not in fixed] == list(swept)
+    if wandb_sweeps.sweeper(source) == wandb_sweeps.TUNED:
+        # W&B cannot run the two stages: its twin is the verdict grid, untuned, and says so.
+        assert params["compare.tuned"] == {"value": "[]"} and "untuned" in spec["description"]
+    elif wandb_sweeps.sweeper(source) != "basic":  # a search (Optuna): W&B searches too
         assert spec["method"] in ("bayes", "random")
         assert spec["run_cap"] == source.hydra.sweeper.n_trials
         return
     assert spec["method"] == "grid"
     # W&B starts exactly the jobs Hydra's basic sweeper would, with the same override strings.
-    runs = {frozenset(f"{k}={v}" for k, v in run.items() if k not in ("+sweep", "hydra.run.dir"))
+    runs = {frozenset(f"{k}={v}" for k, v in run.items() if k not in fixed)
             for run in wandb_runs(spec)}
     assert runs == hydra_jobs(name)
 
@@ -140,7 +144,7 @@ def test_every_wandb_run_composes_and_validates(name: str) -> None:
 
     spec = load(name)
     sweeper = wandb_sweeps.sweeper(OmegaConf.load(SWEEPS / f"{name}.yaml"))
-    if sweeper != "basic":
+    if sweeper not in wandb_sweeps.GRID_SWEEPERS:
         pytest.importorskip(f"hydra_plugins.hydra_{sweeper}_sweeper")
     runs = wandb_runs(spec)
     seeds = {str(run.get("train.seed")) for run in runs}

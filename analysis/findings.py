@@ -1,0 +1,151 @@
+"""What a report says, gathered once (`Findings`), and the sentences that open it: the question,
+the verdict per axis in the contract's words, and the settings every run shared."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.verdict import BETTER, NO_DIFFERENCE, NOT_COMPARED, WORSE, Comparison
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+@dataclass
+class Findings:
+    sweep: str
+    df: pd.DataFrame                  # every run
+    runs: pd.DataFrame                # the verdict's runs (tuning runs left out)
+    axes: list[str]
+    metric: str
+    metric_reason: str
+    tables: dict[str, pd.DataFrame]
+    configs: pd.DataFrame | None
+    comparisons: list[Comparison]
+    info: dict[str, dict[str, Any]]   # per axis: baseline, its source, noise and power
+    settings: dict[str, Any]          # compare.baseline / tuned / alpha
+    jobs_note: str = ""
+    tuning: Any = None                # analysis.tuning.Tuning when keys were tuned per variant
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sweep_question(df: pd.DataFrame) -> str | None:
+    """The `# Question:` line of sweeps/NAME.yaml when the runs were launched with +sweep=NAME."""
+    names = {o.split("=", 1)[1] for overrides in df["overrides"] for o in overrides
+             if o.lstrip("+").startswith("sweep=")}
+    if len(names) != 1:
+        return None
+    path = SWEEPS / f"{names.pop()}.yaml"
+    try:
+        found = re.search(r"^# Question: (.+)$", path.read_text(encoding="utf-8"), re.M)
+    except OSError:
+        return None
+    return found.group(1).strip() if found else None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def axis_verdict(axis: str, baseline: str, comparisons: list[Comparison]) -> str:
+    """One clause per axis: detectable differences with their CI, then the rest grouped by word."""
+    if not comparisons:
+        return f"`{axis}`: only the baseline `{baseline}` has runs, nothing to compare"
+    found = [c for c in comparisons if c.verdict in (BETTER, WORSE)]
+    parts = [f"`{c.option}` **{c.verdict}** ({_fmt(c.diff_mean)}, 95 % CI {_fmt(c.ci_low)} to "
+             f"{_fmt(c.ci_high)})" for c in found]
+    same = [f"`{c.option}`" for c in comparisons if c.verdict == NO_DIFFERENCE]
+    if same:
+        parts.append(", ".join(same) + ": " + NO_DIFFERENCE)
+    for c in comparisons:
+        if c.verdict == NOT_COMPARED:
+            why = c.reason or ("one seed" if c.n_seeds < 2 else "no spread")
+            parts.append(f"`{c.option}`: {NOT_COMPARED} ({why})")
+    lead = "nothing detectable: " if not found and same else ""
+    return f"`{axis}` (baseline `{baseline}`): " + lead + "; ".join(parts)
+
+
+def _values(series: pd.Series, fmt: str = "{}") -> str:
+    vals = [v for v in dict.fromkeys(series.dropna().tolist())]
+    if not vals:
+        return "?"
+    if len(vals) == 1:
+        return fmt.format(vals[0])
+    try:
+        lo, hi = min(map(float, vals)), max(map(float, vals))
+        return f"{fmt.format(lo)} to {fmt.format(hi)}"
+    except (TypeError, ValueError):
+        return ", ".join(map(str, vals)) + " (varies)"
+
+
+def held_fixed(f: Findings) -> str:
+    """The settings the verdict's runs shared (a range where they varied); unknown ones are left out."""
+    runs = f.runs[f.runs["status"] != "running"] if (f.runs["status"] != "running").any() else f.runs
+
+    def value(column: str, fmt: str = "{}", numeric: bool = True) -> str | None:
+        if column not in runs:
+            return None
+        series = pd.to_numeric(runs[column], errors="coerce") if numeric else runs[column]
+        return _values(series, fmt) if series.notna().any() else None
+
+    shape = [(value("model.d_model"), "d_model {}"), (value("model.n_layers"), "{} layers"),
+             (value("model.n_heads"), "{} heads"), (value("model.context_length"), "context {}")]
+    shape_text = ", ".join(fmt.format(v) for v, fmt in shape if v)
+    model = value("choice.model", numeric=False)
+    parts = []
+    if model:
+        parts.append(f"model `{model}`" + (f" ({shape_text})" if shape_text else ""))
+    params, non_embedding = value("params_total", "{:,.0f}"), value("params_non_embedding", "{:,.0f}")
+    if params:
+        parts.append(f"{params} parameters" + (f" ({non_embedding} non-embedding)" if non_embedding else ""))
+    for column, fmt in (("steps", "{:,.0f} steps"), ("tokens_seen", "{:,.0f} training tokens per run")):
+        text = value(column, "{:,.0f}")
+        if text:
+            parts.append(fmt.replace("{:,.0f}", text))
+    if "optim.lr" in (f.settings.get("tuned") or []):
+        parts.append("learning rate tuned per variant (see *Tuning*)")
+    elif value("optim.lr", "{:g}"):
+        parts.append(f"learning rate {value('optim.lr', '{:g}')}")
+    seeds = pd.to_numeric(runs["seed"], errors="coerce").dropna().unique() if "seed" in runs else []
+    if len(seeds):
+        parts.append("seeds " + ", ".join(str(int(s)) for s in sorted(seeds)))
+    if value("dtype", numeric=False):
+        parts.append(f"dtype {value('dtype', numeric=False)}")
+    text = "**Held fixed:** " + ", ".join(parts) if parts else "**Held fixed:** (not recorded)"
+    unigram = value("unigram_val_loss", "{:.3f}")
+    if unigram:
+        text += (f"; the unigram baseline (token frequencies alone) scores {unigram} nats, and a run "
+                 f"within 2 % of it is marked *did not learn*")
+    return text + "."
+
+
+def opening_paragraph(f: Findings) -> str:
+    question = sweep_question(f.df)
+    if question is None:
+        question = ("Does the choice of " + " or ".join(f"`{a}`" for a in f.axes) + f" change `{f.metric}`?"
+                    if f.axes else f"How do these runs score on `{f.metric}`?")
+    if f.comparisons or f.info:
+        clauses = [axis_verdict(a, f.info[a]["baseline"], [c for c in f.comparisons if c.axis == a])
+                   for a in f.axes if a in f.info]
+        verdict = (f"**Verdict** (`{f.metric}`, option minus baseline, Holm-corrected at "
+                   f"α = {f.settings.get('alpha', 0.05)}): " + "; ".join(clauses) + ".")
+    else:
+        verdict = "**Verdict:** no axis was swept, so there is nothing to compare; the runs are summarized below."
+    return f"**Question:** {question} {verdict} {held_fixed(f)}"
+
+
+def power_sentence(info: dict[str, Any], metric: str) -> str:
+    unit = "nats" if metric == "final_val_loss" else "bits per byte"
+    n, det, more = info.get("n_seeds", 0), info.get("detectable", math.nan), info.get("more_seeds")
+    if math.isnan(det):
+        return (f"Smallest resolvable difference: unknown (needs at least 2 seeds per option with a "
+                f"spread; this axis has {n}).")
+    kind = "paired per-seed differences" if info.get("paired") else "single runs (unpaired)"
+    return (f"Differences smaller than {det:.3f} {unit} cannot be resolved with {n} seeds; {more} seeds "
+            f"would resolve {info['detectable_more']:.3f} (80 % power, two-sided t-test at level "
+            f"{info['level']:.3g} = α over the report's tests, Holm's strictest step; noise sd "
+            f"{info['noise_sd']:.4f} of {kind}).")

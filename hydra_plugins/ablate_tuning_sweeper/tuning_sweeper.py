@@ -1,0 +1,192 @@
+"""Per-variant tuning without selection bias: a two-stage Hydra sweeper (`hydra/sweeper=ablate_tuned`).
+
+Comparing variants at one shared learning rate answers "which variant suits this rate", not "which
+design is better". This sweeper tunes the keys in `tune` (usually `optim.lr`) per variant, then
+judges each variant at its own best value:
+
+1. tuning stage: every variant x every value of the `tune` grid x every `tune_seeds` seed, with
+   `compare.stage=tune` (the report never tests these runs);
+2. choice: per variant the value with the lowest mean final validation loss over the tuning seeds
+   (the job's return value; a failed or diverged run counts as +inf);
+3. verdict stage: every variant x the verdict seeds of `params` (`train.seed: 0,1,2`), fresh runs at
+   the chosen value.
+
+The verdict's seeds never take part in the choice, so the luck that made a value look best on the
+tuning seeds does not flatter the verdict (choosing and judging on the same runs would; cf.
+Cawley & Talbot 2010 on selection bias). Cost: V variants x (G grid values x T tuning seeds + S
+verdict seeds) runs, against V x S untuned: at most 2x when G x T <= S (e.g. 3 rates, 1 tuning seed,
+3 verdict seeds).
+
+Config (hydra.sweeper.*): `params` as the basic sweeper (variants and verdict seeds); `tune`
+{key: comma list}; `tune_seeds` (list, disjoint from the verdict's); `seed_key` (train.seed);
+`max_batch_size` (jobs per launcher call, null = all of a stage at once).
+"""
+# No `from __future__ import annotations`: Hydra executes this module before it is in sys.modules,
+# and dataclasses then cannot resolve string annotations.
+import itertools
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+TARGET = "hydra_plugins.ablate_tuning_sweeper.tuning_sweeper.TuningSweeper"
+
+
+@dataclass
+class TuningSweeperConf:
+    _target_: str = TARGET
+    params: Optional[Dict[str, str]] = None
+    tune: Any = None  # {key: "v1,v2,..."}; untyped so that a dict given on the command line replaces it
+    tune_seeds: List[int] = field(default_factory=lambda: [1000])
+    seed_key: str = "train.seed"
+    max_batch_size: Optional[int] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ablate_tuned", node=TuningSweeperConf,
+                             provider="ablate")
+
+
+@dataclass
+class Plan:
+    """The jobs of both stages, as override lists (the verdict's tuned values still to be filled)."""
+    variants: List[List[str]]          # overrides of each variant, seed and tuned keys left out
+    seeds: List[str]                   # the verdict's seeds
+    grid: List[List[str]]              # each tuned combination, e.g. [["optim.lr=0.003"], ...]
+    tune_seeds: List[str]
+    seed_key: str
+    tuned_keys: List[str]
+
+    def tuning_jobs(self) -> List[List[str]]:
+        marks = self.marks("tune")
+        return [[*v, *g, f"{self.seed_key}={s}", *marks]
+                for v in self.variants for g in self.grid for s in self.tune_seeds]
+
+    def verdict_jobs(self, chosen: List[Optional[List[str]]]) -> List[List[str]]:
+        marks = self.marks("verdict")
+        return [[*v, *(c or []), f"{self.seed_key}={s}", *marks]
+                for v, c in zip(self.variants, chosen) for s in self.seeds]
+
+    def marks(self, stage: str) -> List[str]:
+        # recorded in every run's config, so the report knows which runs to test and what was tuned
+        return [f"compare.stage={stage}", f"compare.tuned=[{','.join(self.tuned_keys)}]"]
+
+    @property
+    def n_jobs(self) -> int:
+        return len(self.variants) * (len(self.grid) * len(self.tune_seeds) + len(self.seeds))
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def plan(params: List[str], tune: Dict[str, str], tune_seeds: List[Any], seed_key: str = "train.seed",
+         parser: Any = None) -> Plan:
+    """Expand `params` (basic-sweeper syntax, command-line overrides included) and the `tune` grid."""
+    parser = parser or OverridesParser.create()
+    if not tune:
+        raise HydraException("hydra.sweeper.tune is empty: name the keys to tune per variant and their "
+                             "values, e.g. hydra.sweeper.tune={optim.lr: '0.0015,0.003,0.006'}")
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides(params), None)[0]
+    tuned = list(tune)
+    clash = sorted({_key(o) for job in jobs for o in job} & set(tuned))
+    if clash:
+        raise HydraException(f"{', '.join(clash)} is both swept and tuned: a tuned key is chosen per "
+                             f"variant, so leave it out of hydra.sweeper.params and the command line")
+    seeds: List[str] = []
+    variants: List[List[str]] = []
+    for job in jobs:
+        seed = [o.split("=", 1)[1] for o in job if _key(o) == seed_key]
+        rest = [o for o in job if _key(o) != seed_key]
+        seeds += [s for s in seed if s not in seeds]
+        if rest not in variants:
+            variants.append(rest)
+    seeds = seeds or ["0"]
+    tune_seeds = [str(s) for s in tune_seeds]
+    if set(tune_seeds) & set(seeds) or not tune_seeds:
+        raise HydraException(f"hydra.sweeper.tune_seeds={tune_seeds} must be non-empty and share no seed "
+                             f"with the verdict's {seed_key}={','.join(seeds)}: choosing a value on the "
+                             f"seeds that then judge it would flatter the chosen value")
+    axes = [[f"{key}={v}" for v in parser.parse_override(f"{key}={values}").sweep_string_iterator()]
+            if parser.parse_override(f"{key}={values}").is_sweep_override()
+            else [f"{key}={values}"] for key, values in tune.items()]
+    grid = [list(combo) for combo in itertools.product(*axes)]
+    return Plan(variants, seeds, grid, tune_seeds, seed_key, tuned)
+
+
+def choose(plan_: Plan, scores: List[float]) -> List[Optional[List[str]]]:
+    """Per variant the grid point with the lowest mean score over the tuning seeds (None if every
+    run of the variant failed); ties go to the earlier grid point."""
+    per_point = len(plan_.tune_seeds)
+    chosen: List[Optional[List[str]]] = []
+    i = 0
+    for _ in plan_.variants:
+        best, best_mean = None, math.inf
+        for point in plan_.grid:
+            mean = sum(scores[i:i + per_point]) / per_point
+            i += per_point
+            if mean < best_mean:
+                best, best_mean = point, mean
+        chosen.append(best)
+    return chosen
+
+
+def _score(job_return: Any) -> float:
+    try:
+        value = float(job_return.return_value)
+    except Exception:  # the job raised (its own summary.json says why)
+        return math.inf
+    return value if math.isfinite(value) else math.inf
+
+
+class TuningSweeper(BasicSweeper):
+    def __init__(self, params: Optional[Dict[str, str]], tune: Optional[Dict[str, str]], tune_seeds: List[int],
+                 seed_key: str, max_batch_size: Optional[int]) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.tune = {str(k): str(v) for k, v in (tune or {}).items()}
+        self.tune_seeds = list(tune_seeds)
+        self.seed_key = seed_key
+
+    def _launch(self, jobs: List[List[str]], first: int) -> List[Any]:
+        size = self.max_batch_size or max(len(jobs), 1)
+        results = []
+        for start in range(0, len(jobs), size):
+            batch = jobs[start:start + size]
+            self.validate_batch_is_legal(batch)
+            results += list(self.launcher.launch(batch, initial_job_idx=first + start))
+        return results
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        the_plan = plan(self._parse_config() + list(arguments), self.tune, self.tune_seeds, self.seed_key,
+                        parser)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        tuning = the_plan.tuning_jobs()
+        log.info(f"ablate_tuned: stage 1, {len(tuning)} tuning runs ({len(the_plan.variants)} variants x "
+                 f"{len(the_plan.grid)} values x {len(the_plan.tune_seeds)} tuning seeds)")
+        tuning_returns = self._launch(tuning, 0)
+        chosen = choose(the_plan, [_score(r) for r in tuning_returns])
+        shared = set.intersection(*(set(v) for v in the_plan.variants)) if the_plan.variants else set()
+        for variant, point in zip(the_plan.variants, chosen):
+            own = [o for o in variant if o not in shared]
+            log.info(f"ablate_tuned: {' '.join(own) or 'the variant'} -> "
+                     f"{' '.join(point) if point else 'every tuning run failed: the default value'}")
+        (sweep_dir / "tuning.json").write_text(json.dumps({
+            "tuned": the_plan.tuned_keys, "tune_seeds": the_plan.tune_seeds, "verdict_seeds": the_plan.seeds,
+            "choices": [{"variant": v, "chosen": c} for v, c in zip(the_plan.variants, chosen)],
+            "scores": [[*job, _score(ret)] for job, ret in zip(tuning, tuning_returns)],
+        }, indent=1) + "\n")
+        verdict = the_plan.verdict_jobs(chosen)
+        log.info(f"ablate_tuned: stage 2, {len(verdict)} verdict runs at the chosen values")
+        return [tuning_returns, self._launch(verdict, len(tuning))]
