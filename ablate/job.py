@@ -26,12 +26,12 @@ EXIT_DISK_FULL = 1
 REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
 
 
-def refuse(message: str, run_dir: Path, fresh: bool = False) -> None:
-    """Print the reason and exit 2; remove the run directory if this job found it empty (Hydra made it for
-    this job, and whatever is in it now, .hydra/ or the lock file, this job wrote)."""
+def refuse(message: str, run_dir: Path, ours: bool = False) -> None:
+    """Print the reason and exit 2, leaving no run directory behind: remove it if it is empty, or if `ours`
+    (this job found it empty and holds its lock, so whatever is in it now, .hydra/ or .lock, it wrote)."""
     print(f"\nablate: refused before training: {message}\nNothing was trained.", file=sys.stderr)
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    if fresh or not leftovers:
+    if ours or not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
     sys.exit(EXIT_BAD_CONFIG)
 
@@ -48,17 +48,24 @@ class Job:
 
     def refused(self, cfg: DictConfig, error: Exception) -> float:
         """A single run exits 2; a sweep records the refusal and goes on."""
-        if not self.multirun:
-            refuse(str(error), self.run_dir, self.fresh)
         from ablate.rundir import holds_results
+        from ablate.runlock import RunDirBusy, hold
 
-        reason = f"{type(error).__name__}: {error}"
-        print(f"ablate: job {self.hydra_cfg.job.num} refused: {reason}", file=sys.stderr)
-        self.log_refusal(reason)
-        if self.fresh or not holds_results(self.run_dir):  # its own directory: the report lists it as failed
-            if self.fresh:  # with its config, so the report can place it in the grid
-                save_hydra_files(self.run_dir, cfg, self.hydra_cfg)
-            record_failure(self.run_dir, cfg, reason)
+        try:
+            with hold(self.run_dir):  # (re-entrant) nobody else may be writing there while this job cleans up
+                if not self.multirun:
+                    refuse(str(error), self.run_dir, ours=self.fresh)
+                reason = f"{type(error).__name__}: {error}"
+                print(f"ablate: job {self.hydra_cfg.job.num} refused: {reason}", file=sys.stderr)
+                self.log_refusal(reason)
+                if self.fresh or not holds_results(self.run_dir):  # its own directory: the report lists it
+                    if self.fresh:  # with its config, so the report can place it in the grid
+                        save_hydra_files(self.run_dir, cfg, self.hydra_cfg)
+                    record_failure(self.run_dir, cfg, reason)
+        except RunDirBusy:  # another process trains there: say why this job stopped, touch nothing
+            if not self.multirun:
+                refuse(str(error), self.run_dir)
+            self.log_refusal(f"{type(error).__name__}: {error}")
         return math.inf
 
     def log_refusal(self, reason: str) -> None:
@@ -124,8 +131,10 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
         return job.refused(cfg, error)
     except Exception as error:
         if is_disk_full(error):  # every later job would fail the same way: end the sweep too
-            print(f"\nablate: stopped: {error}. {run_dir}/checkpoints/latest.pt holds the last complete checkpoint; "
-                  f"re-run the same command to resume once there is space.", file=sys.stderr)
+            checkpoint = run_dir / "checkpoints" / "latest.pt"
+            kept = (f"The last complete checkpoint, {checkpoint}, is intact: training resumes from it."
+                    if checkpoint.exists() else "No checkpoint had been written yet: the run will start from step 0.")
+            print(f"\nablate: stopped: {error}. {kept}", file=sys.stderr)
             sys.exit(EXIT_DISK_FULL)
         if not multirun:
             raise
