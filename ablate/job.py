@@ -118,14 +118,14 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
 
     from ablate.train import train
 
-    if plan.action == "fresh":  # .hydra/ describes the run that made the directory: written once
-        save_hydra_files(run_dir, cfg, hydra_cfg)
-    if cfg.train.threads is None:
-        cfg.train.threads = threads_per_job(hydra_cfg.launcher)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
                if v is not None and not k.startswith("hydra") and k != "schema"}
     group = str(Path(hydra_cfg.sweep.dir)) if multirun else None
     try:
+        if plan.action == "fresh":  # .hydra/ describes the run that made the directory: written once
+            save_hydra_files(run_dir, cfg, hydra_cfg)
+        if cfg.train.threads is None:
+            cfg.train.threads = threads_per_job(hydra_cfg.launcher)
         summary = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group)
     except (validate.ConfigError, DataError) as error:
         return job.refused(cfg, error)
@@ -155,11 +155,12 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> N
     accepted (conf/config.yaml sets hydra.output_subdir=null), so a refused run touches nothing."""
     from omegaconf import OmegaConf
 
+    from ablate.files import atomic_write_bytes
+
     folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, folder / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    for name, node in (("config", cfg), ("overrides", OmegaConf.create(list(hydra_cfg.overrides.task))),
+                       ("hydra", OmegaConf.create({"hydra": hydra_cfg}))):
+        atomic_write_bytes(folder / f"{name}.yaml", OmegaConf.to_yaml(node).encode("utf-8"))
 
 
 def threads_per_job(launcher: DictConfig) -> int | None:

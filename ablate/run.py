@@ -37,13 +37,24 @@ def refuse_unknown_options(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+JOBS_STARTED = []  # Hydra exits 1 also for a config it cannot compose; before any job that is a refusal (2)
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from ablate.job import run_job
 
+    JOBS_STARTED.append(True)
     return run_job(cfg)
 
 
 if __name__ == "__main__":
     refuse_unknown_options(sys.argv[1:])
-    main()
+    try:
+        main()
+    except SystemExit as stop:  # e.g. optim.lr=abc: Hydra has printed key, value and type; nothing ran
+        if stop.code == 1 and not JOBS_STARTED:
+            print("ablate: refused before training: the settings above do not compose. Nothing was trained.",
+                  file=sys.stderr)
+            sys.exit(2)
+        raise

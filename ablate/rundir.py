@@ -98,6 +98,10 @@ def plan(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> Plan:
         if status in FINISHED:  # a finished run whose checkpoint was removed: its summary is all that is left
             raise ConfigError(f"{run_dir} holds a {status} run (summary.json) without its checkpoint; it will not be "
                               f"overwritten. Train in a new hydra.run.dir.")
+        foreign = foreign_files(run_dir)
+        if foreign:
+            raise ConfigError(f"{run_dir} holds {', '.join(foreign)}, not written by an ablate run; training there "
+                              f"would overwrite them. Train in a new or empty hydra.run.dir.")
         return Plan("fresh", run_dir)
     state = read_checkpoint(checkpoint)
     saved = state["config"]
@@ -109,16 +113,39 @@ def plan(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> Plan:
         raise ConfigError(f"train.resume=auto found a checkpoint in {run_dir} from a different configuration "
                           f"({'; '.join(changed[:6])}). Resume it with its own settings, or train this "
                           f"configuration in a new hydra.run.dir.")
-    if status not in FINISHED:
-        return Plan("resume", run_dir, state=state)
-    other = differences(saved, current, ignore=OPERATIONAL)
-    if not other:
+    finished = status in FINISHED
+    if finished and not differences(saved, current, ignore=OPERATIONAL):
         return Plan("skip", run_dir, state=state, summary=summary)
-    extendable = not differences(saved, current, ignore=CONTINUATION)
-    if multirun or status != "completed" or not extendable or cfg.train.max_steps <= state["step"]:
-        raise ConfigError(f"{run_dir} already holds a {status} run of a different configuration "
-                          f"({'; '.join(other[:6])}); it will not be overwritten. Train this configuration in a new "
-                          f"{'hydra.sweep.dir' if multirun else 'hydra.run.dir'}"
-                          f"{'' if multirun else ', or raise train.max_steps alone to train the run longer'}.")
-    return Plan("resume", run_dir, state=state, notes=[f"extending the completed run from {state['step']} to "
-                                                       f"{cfg.train.max_steps} steps"])
+    # A sweep's job is its own configuration exactly; a single run may continue with more steps or other logging.
+    mixed = differences(saved, current, ignore=OPERATIONAL if multirun else CONTINUATION)
+    longer = cfg.train.max_steps > state["step"]
+    if mixed or (finished and (status != "completed" or not longer)):
+        what = f"a {status} run" if finished else "an unfinished run (a checkpoint without a final summary)"
+        raise ConfigError(
+            f"{run_dir} already holds {what} of a different configuration ({'; '.join(mixed[:6]) or 'train.*'}); "
+            f"{'it will not be overwritten' if finished else 'continuing it would mix two configurations in one run'}."
+            f" Train this configuration in a new {'hydra.sweep.dir' if multirun else 'hydra.run.dir'}"
+            f"{'' if multirun else ', or change only train.max_steps (and logging settings) to continue that run'}.")
+    notes = [f"extending the completed run from {state['step']} to {cfg.train.max_steps} steps"] if finished else []
+    return Plan("resume", run_dir, state=state, notes=notes)
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Files ablate would overwrite in a fresh run that an ablate run did not write."""
+    found = []
+    if (run_dir / "summary.json").exists() and "status" not in (read_summary(run_dir) or {}):
+        found.append("a summary.json")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_bytes().split(b"\n")[:-1]:  # complete lines only: a cut last line is repaired
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                assert isinstance(row, dict) and isinstance(row["step"], int)
+            except (ValueError, AssertionError, KeyError):
+                found.append("a metrics.jsonl")
+                break
+    if (run_dir / "samples.txt").exists() and (read_summary(run_dir) or {}).get("status") != "completed":
+        found.append("a samples.txt")
+    return found

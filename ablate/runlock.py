@@ -41,6 +41,7 @@ def hold(run_dir: str | os.PathLike) -> Iterator[None]:
         return
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    found = {p.name for p in run_dir.iterdir()}  # what was there before: a refused run leaves exactly that
     lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
     try:
         lock.acquire()
@@ -53,13 +54,15 @@ def hold(run_dir: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         del _held[key]
-        if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} == {LOCK_NAME}:  # nothing was written: leave no trace
+        added = {p.name for p in run_dir.iterdir()} - found if run_dir.is_dir() else set()
+        if added == {LOCK_NAME}:  # this process wrote nothing but the lock: leave no trace
             (run_dir / LOCK_NAME).unlink(missing_ok=True)
             lock.release()
-            try:
-                run_dir.rmdir()
-            except OSError:  # someone wrote there after all: keep it
-                pass
+            if created:
+                try:
+                    run_dir.rmdir()
+                except OSError:  # someone wrote there after all: keep it
+                    pass
         else:
             lock.release()
 

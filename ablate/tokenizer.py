@@ -132,6 +132,7 @@ class Tokenizer:
         """One JSON file, written to a temp file and renamed so readers never see half a file (0644)."""
         state = {"type": self.kind, "version": FORMAT_VERSION, "vocab_size": self.vocab_size}
         state.update(self._state())
+        state["fingerprint"] = self.fingerprint()  # checked on load: a corrupted merge list is noticed
         atomic_write_bytes(Path(path), json.dumps(state).encode("utf-8"))
 
     @classmethod
@@ -163,6 +164,9 @@ class Tokenizer:
         if state.get("vocab_size") != tok.vocab_size:
             raise ValueError(f"tokenizer file {path} says vocab_size={state.get('vocab_size')!r} "
                              f"but its merges give {tok.vocab_size}")
+        if "fingerprint" in state and state["fingerprint"] != tok.fingerprint():
+            raise ValueError(f"tokenizer file {path}: its merges do not match the fingerprint recorded when it "
+                             f"was saved (changed since)")
         return tok
 
     @classmethod

@@ -137,6 +137,29 @@ def test_resume_refuses_a_changed_seed_naming_it(tmp_path):
     assert longer["steps"] == 4 and longer["seed"] == 0  # the same seed extends it, and the summary says so
 
 
+def test_an_unfinished_run_is_continued_only_with_its_own_settings(tmp_path):
+    run = two_step_run(tmp_path)
+    (run / "summary.json").unlink()  # as a kill after the checkpoint leaves it
+    before = snapshot(run)
+    with pytest.raises(ConfigError, match=r"unfinished run .*optim.lr: checkpoint 0.003, now 0.001.*mix two"):
+        train(compose(*TINY, "train.max_steps=4", "train.eval_interval=2", "optim.lr=1e-3"), run, progress=False)
+    assert snapshot(run) == before
+    resumed = train(compose(*TINY, "train.max_steps=4", "train.eval_interval=2"), run, progress=False)
+    assert resumed["status"] == "completed" and resumed["steps"] == 4
+
+
+@pytest.mark.parametrize("name,content", [("summary.json", '{"accuracy": 0.93}\n'),
+                                          ("metrics.jsonl", "epoch,loss\n1,0.5\n"),
+                                          ("samples.txt", "my notes\n")])
+def test_a_directory_holding_someone_elses_files_is_refused(tmp_path, name, content):
+    run = tmp_path / "theirs"
+    run.mkdir()
+    (run / name).write_text(content)
+    with pytest.raises(ConfigError, match=f"holds a {name}, not written by an ablate run"):
+        train(compose(*TINY, "train.max_steps=2", "train.eval_interval=2"), run, progress=False)
+    assert snapshot(run) == {name: snapshot(run)[name]} and (run / name).read_text() == content
+
+
 # -- the files themselves -------------------------------------------------------------------------------
 def test_result_files_get_ordinary_permissions(tmp_path):
     old = os.umask(0o022)

@@ -1,10 +1,13 @@
-"""The token cache of one (corpus, tokenizer): train.bin and val.bin (token ids) and meta.json.
+"""What the cache holds, written with checksums and verified every time it is opened, never trusted.
 
-Verified every time it is opened, never trusted: each file's size must equal the token count and
+The token cache of one (corpus, tokenizer): train.bin and val.bin (token ids) and meta.json. each file's size must equal the token count and
 dtype meta.json records, neither split may be empty, every id must be below the vocabulary size,
 and the content must match a checksum recorded when the cache was built. The checksum is BLAKE2b
 over the whole file up to 64 MiB, and over 256 evenly spread 64 KiB blocks (plus the size) beyond,
 so a run pays at most a 16 MiB read per split for it. A cache that fails any check is rebuilt.
+
+An extracted corpus (a folder of texts): a manifest of their sha256, written after extraction
+(`.complete`), against which the files are checked before each use; a mismatch re-extracts.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ def problem(token_dir: Path, vocab_size: int) -> str | None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
+        assert dtype.kind == "u"  # token ids: unsigned integers
         counts = {split: int(meta[f"{split}_tokens"]) for split in SPLITS}
         sums = {split: meta[f"{split}_checksum"] for split in SPLITS}
         assert meta["checksum"] == CHECKSUM
@@ -91,3 +95,28 @@ def problem(token_dir: Path, vocab_size: int) -> str | None:
 
 def read_meta(token_dir: Path) -> dict[str, Any]:
     return json.loads((token_dir / "meta.json").read_text(encoding="utf-8"))
+
+
+def write_manifest(folder: Path, pattern: str) -> None:
+    files = {p.name: file_sha256(p) for p in sorted(folder.glob(pattern))}
+    atomic_write_bytes(folder / ".complete", json.dumps({"pattern": pattern, "files": files}).encode())
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def extracted_problem(target: Path) -> str | None:
+    """What is wrong with an extracted corpus (its files against the sha256 manifest written after
+    extraction), or None when it is intact."""
+    try:
+        manifest = json.loads((target / ".complete").read_text())
+        pattern, files = manifest["pattern"], manifest["files"]
+        assert isinstance(files, dict) and files
+    except (OSError, ValueError, AssertionError, KeyError, TypeError):
+        return "is incomplete (no manifest)"
+    if {p.name for p in target.glob(pattern)} != set(files):
+        return "does not hold exactly the files its manifest lists"
+    changed = [name for name, digest in files.items() if file_sha256(target / name) != digest]
+    return f"has {len(changed)} file(s) that changed since extraction" if changed else None
