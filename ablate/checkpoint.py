@@ -49,7 +49,8 @@ def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            # mmap on CPU: checking a run directory does not copy the weights into memory
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=map_location == "cpu")
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines()]
         detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])[:200]
@@ -60,7 +61,7 @@ def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
             f"({detail}). Nothing from it was executed. ablate writes checkpoints of tensors and numbers only; "
             f"if this one comes from an older ablate, train the run again; if you do not know where it comes "
             f"from, delete it.") from None
-    except (RuntimeError, EOFError, ValueError) as error:
+    except (RuntimeError, EOFError, ValueError, IsADirectoryError, PermissionError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__ + ": the file ends early"])[0][:160]
         raise CheckpointError(f"{path} is damaged or not a checkpoint of ablate ({first_line}). {damaged}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
