@@ -44,8 +44,8 @@ def write_checkpoint(state: dict[str, Any], path: Path) -> None:
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint at `path`, loaded without executing anything from the file; CheckpointError otherwise."""
     path = Path(path)
-    damaged = (f"It was left as it is; move it away to start this run again from scratch, or train into a new "
-               f"hydra.run.dir.")
+    damaged = ("It was left as it is; move it away to start this run again from scratch, or train into a new "
+               "hydra.run.dir.")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
             warnings.simplefilter("ignore")
