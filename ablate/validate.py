@@ -1,16 +1,25 @@
 """Refuse a bad config before anything trains, with one paragraph naming key, value and choices.
 
-General checks live here; a check that belongs to one option lives on its class as
-`check_config(...)` (it receives the keywords it names, like a constructor) and returns a
-message or None, so adding an option never means editing this file.
+Each knob's own range and choices are declared on its dataclass field (`components.knobs.knob`) and
+checked by `components.knobs.problems`; relations between keys are checked here; a check that belongs
+to one option lives on its class as `check_config(...)` (it receives the keywords it names, like a
+constructor) and returns a message or None, so adding an option never means editing this file. A knob
+the chosen option does not read (`tokenizer=byte tokenizer.vocab_size=300`) is refused, found from what
+each option reads (`knobs_read`), not from a list here.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from components.registry import UnknownOption, accepted_kwargs, lookup
+from components.knobs import problems
+from components.registry import UnknownOption, accepted_kwargs, lookup, options
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # config groups whose `name` is a registry key of the same axis
 REGISTERED_GROUPS = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "moe", "data", "tokenizer",
@@ -30,8 +39,17 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first problem found; return None when the config can train."""
+def check(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Raise ConfigError for the first problem found; return None when the config can train.
+
+    `overrides`: the key=value list of a single run's command line. A knob it sets that the chosen
+    option does not read is refused (`tokenizer=byte tokenizer.vocab_size=300`); knobs set by presets
+    and sweep files are not, since those set knobs for several options. Multirun jobs pass None: a
+    sweep's fixed overrides may serve the other options of its grid (`-m moe=off,topk moe.top_k=1`).
+    """
+    found = problems(cfg)  # every field's declared rule (components.knobs): range, finiteness, unknown keys
+    if found:
+        raise ConfigError(found[0] if len(found) == 1 else f"{len(found)} settings are not allowed: " + " ".join(found))
     for group in REGISTERED_GROUPS:
         try:
             lookup(group, cfg[group].name)
@@ -39,39 +57,22 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{group}.name: {error}.") from None
 
     m, t = cfg.model, cfg.train
-    for key in ("d_model", "n_layers", "n_heads", "context_length"):
-        require(m[key] >= 1, f"model.{key}={m[key]} is not allowed: it must be a positive integer.")
     require(m.d_model % m.n_heads == 0,
             f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}: every head gets "
             f"d_model / n_heads dimensions. Allowed n_heads for d_model={m.d_model}: {divisors(m.d_model)}.")
     if m.n_kv_heads is not None:
-        require(m.n_kv_heads >= 1 and m.n_heads % m.n_kv_heads == 0,
+        require(m.n_heads % m.n_kv_heads == 0,
                 f"model.n_kv_heads={m.n_kv_heads} does not divide model.n_heads={m.n_heads}: each key/value "
                 f"head serves n_heads / n_kv_heads query heads. Allowed: null (= n_heads) or one of "
                 f"{divisors(m.n_heads)} (1 = multi-query attention).")
-    require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} is not allowed: use a value in [0, 1).")
-
-    vocab = cfg.tokenizer.vocab_size
-    require(vocab >= 257, f"tokenizer.vocab_size={vocab} is too small: byte-level tokenizers need the 256 "
-                          f"byte tokens plus <|endoftext|>, so the minimum is 257 (default 2048).")
-    require(vocab <= 2**32, f"tokenizer.vocab_size={vocab} is too large: at most {2**32}.")
-
-    require(t.max_steps >= 1, f"train.max_steps={t.max_steps} is not allowed: at least 1.")
-    require(t.batch_size >= 1, f"train.batch_size={t.batch_size} is not allowed: at least 1.")
-    require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
+    require(t.batch_size % t.grad_accum == 0,
             f"train.grad_accum={t.grad_accum} does not divide train.batch_size={t.batch_size}; allowed: "
             f"{divisors(t.batch_size)}.")
-    require(t.eval_interval is None or t.eval_interval >= 1,
-            f"train.eval_interval={t.eval_interval} is not allowed: at least 1, or null (= max_steps / 10).")
-    require(t.eval_batches >= 1, f"train.eval_batches={t.eval_batches} is not allowed: at least 1.")
-    require(t.log_interval >= 1, f"train.log_interval={t.log_interval} is not allowed: at least 1.")
-    require(t.resume in ("auto", "never"), f"train.resume={t.resume!r} is not allowed; choices: auto, never.")
-    require(t.dtype in ("auto", "fp32", "bf16"), f"train.dtype={t.dtype!r} is not allowed; choices: auto, fp32, bf16.")
-    require(t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda", "mps"),
-            f"train.device={t.device!r} is not allowed; choices: auto, cpu, cuda, cuda:N, mps.")
-    require(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} is not allowed: it must be positive.")
     require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
             f"optim.betas={list(cfg.optim.betas)} is not allowed: two numbers in [0, 1).")
+    check_device(t.device)
+    unread = unread_knobs(cfg, overrides)
+    require(not unread, " ".join(unread))
 
     context = option_context(cfg)
     for group in REGISTERED_GROUPS:
@@ -80,6 +81,87 @@ def check(cfg: DictConfig) -> None:
         if checker is not None:
             message = checker(**accepted_kwargs(checker, context))
             require(message is None, str(message))
+
+
+def check_device(name: str) -> None:
+    """Refuse a train.device this machine does not have, before anything is written."""
+    kind, _, index = name.partition(":")
+    require(name == "auto" or (kind in ("cpu", "cuda", "mps") and (not index or index.isdigit())),
+            f"train.device={name!r} is not allowed; choices: auto, cpu, cuda, cuda:N, mps.")
+    if kind not in ("cuda", "mps"):
+        return
+    import torch  # only here: composing and checking the rest of a config never imports torch
+
+    if kind == "mps":
+        require(torch.backends.mps.is_available(),
+                f"train.device={name!r} is not available on this machine (torch.backends.mps.is_available() is "
+                f"False). Allowed here: auto, cpu{', cuda' if torch.cuda.is_available() else ''}.")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    build = "a CPU-only build of torch" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+    require(count > 0, f"train.device={name!r} is not available on this machine: torch sees no CUDA device "
+                       f"({build}). Allowed here: auto, cpu.")
+    require(not index or int(index) < count,
+            f"train.device={name!r} is not available: this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}. Allowed here: auto, cpu, cuda, cuda:0 .. cuda:{count - 1}.")
+
+
+def knobs_read(option: Any) -> set[str] | None:
+    """The knobs of its config group an option reads, or None when it takes them all.
+
+    An option may declare them (`reads = ("vocab_size",)`) or its own `Config` dataclass; otherwise they
+    are the keywords its constructor names, since the registry passes each class only those."""
+    declared = getattr(option, "reads", None)
+    if declared is not None:
+        return set(declared)
+    config = getattr(option, "Config", None)
+    if dataclasses.is_dataclass(config):
+        return {f.name for f in dataclasses.fields(config)}
+    if not isinstance(option, type):
+        return None
+    params = inspect.signature(option.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None  # also classes that do not define __init__ (object's takes *args, **kwargs)
+    return {p.name for p in params}
+
+
+def explicit_keys(overrides: list[str]) -> set[str]:
+    """Dotted keys a command line sets (`+a.b=1`, `++a.b=1`, `a.b=1`; not `~a.b`)."""
+    return {o.split("=", 1)[0].lstrip("+") for o in overrides if "=" in o and not o.startswith("~")}
+
+
+def unread_knobs(cfg: DictConfig, overrides: list[str] | None) -> list[str]:
+    """One sentence per knob `overrides` set to a value the chosen option would silently ignore."""
+    if not overrides:
+        return []
+    explicit = explicit_keys(overrides)
+    found = []
+    for group in REGISTERED_GROUPS:
+        name = cfg[group].name
+        reads = knobs_read(lookup(group, name))
+        if reads is None:
+            continue
+        reads &= set(cfg[group].keys())
+        own = own_values(group, name, cfg[group])
+        for key, value in cfg[group].items():
+            path = f"{group}.{key}"
+            if key == "name" or key in reads or value == own.get(key) or path not in explicit:
+                continue
+            readers = [o for o in options(group) if (lambda r: r is None or key in r)(knobs_read(lookup(group, o)))]
+            found.append(f"{path}={value!r} has no effect with {group}={name}, which reads "
+                         f"{', '.join(f'{group}.{k}' for k in sorted(reads)) or f'none of the {group}.* knobs'}: "
+                         f"remove it, or choose a {group} option that reads it ({', '.join(readers) or 'none does'}).")
+    return found
+
+
+def own_values(group: str, name: str, node: DictConfig) -> dict[str, Any]:
+    """The values an option sets for its group: its conf/GROUP/NAME.yaml over the schema's defaults."""
+    schema = OmegaConf.get_type(node)
+    values = OmegaConf.to_container(OmegaConf.structured(schema)) if dataclasses.is_dataclass(schema) else {}
+    path = CONF / group / f"{name}.yaml"
+    if path.is_file():
+        values.update(OmegaConf.to_container(OmegaConf.load(path)))
+    return values
 
 
 def option_context(cfg: DictConfig) -> dict[str, Any]:

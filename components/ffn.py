@@ -27,6 +27,7 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
 
 class FeedForward(nn.Module):
     n_matrices = 2  # d_model x d_ff matrices: parameters and FLOPs scale with this
+    reads = ("d_ff_ratio", "multiple_of")  # the assembly sizes every ffn with them (hidden_size)
 
     @classmethod
     def n_params(cls, d_model: int, d_ff: int, bias: bool = False) -> int:

@@ -49,11 +49,12 @@ def allowed_text(meta: dict[str, Any]) -> str:
     return what + (" " + " and ".join(bounds) if bounds else "")
 
 
-def _number_problem(key: str, value: float, meta: dict[str, Any]) -> str | None:
-    if meta.get("finite", True) and not math.isfinite(value):
+def _number_problem(key: str, value: int | float, meta: dict[str, Any]) -> str | None:
+    number = float(value)  # the message shows `value` as given: -5 for an int, not -5.0
+    if meta.get("finite", True) and not math.isfinite(number):
         return f"{key}={value} is not allowed: it must be {allowed_text(meta)}."
-    for rule, fails in (("gt", lambda b: not value > b), ("ge", lambda b: not value >= b),
-                        ("lt", lambda b: not value < b), ("le", lambda b: not value <= b)):
+    for rule, fails in (("gt", lambda b: not number > b), ("ge", lambda b: not number >= b),
+                        ("lt", lambda b: not number < b), ("le", lambda b: not number <= b)):
         bound = meta.get(rule)
         if bound is not None and fails(bound):
             return f"{key}={value} is not allowed: it must be {allowed_text(meta)}."
@@ -69,7 +70,7 @@ def value_problem(key: str, value: Any, meta: dict[str, Any]) -> str | None:
     if choices is not None and value not in choices:
         return f"{key}={value!r} is not allowed{doc}: choose {allowed_text(meta)}."
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        problem = _number_problem(key, float(value), meta)
+        problem = _number_problem(key, value, meta)
         return None if problem is None else problem[:-1] + doc + "."
     return None
 

@@ -25,6 +25,8 @@ MakeFFN = Callable[[int], nn.Module]
 class Dense:
     """The dense feed-forward of the chosen `ffn`, in every block."""
 
+    reads = ()  # none of the moe.* knobs
+
     @staticmethod
     def feedforward(make_ffn: MakeFFN, d_ff: int) -> nn.Module:
         return make_ffn(d_ff)

@@ -1,0 +1,176 @@
+"""Class 4 of issue #11: every bad value is refused before training, once, clearly.
+
+Exit code 2, one paragraph naming the key, the value and what is allowed, no traceback, no run
+directory left behind, every existing file untouched. The rules come from the schema (each knob of
+ablate/config.py declares its range with components.knobs.knob) and from what each option reads, so
+the last two tests check the mechanism over every knob and every option rather than a list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import typing
+
+import pytest
+import torch
+
+from ablate import config as schema
+from ablate.checkpoint import CHECKPOINT
+from ablate.train import train
+from ablate.validate import REGISTERED_GROUPS, ConfigError, check, knobs_read, unread_knobs
+from components.registry import lookup, options
+from tests.conftest import TINY, compose
+from tests.safety_common import FAST, SHORT, assert_refused, cli, snapshot
+
+ABSENT_DEVICE = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A finished run beside which every refused command runs; it must come out byte-identical."""
+    root = tmp_path_factory.mktemp("earlier")
+    result = cli(*FAST, *SHORT, f"hydra.run.dir={root / 'outputs' / 'earlier'}", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+CLI_CASES = [
+    (["optim.lr=inf"], ["optim.lr=inf", "finite number > 0"]),
+    (["tokenizer=byte", "tokenizer.vocab_size=300"], ["tokenizer.vocab_size=300", "tokenizer=byte", "bpe"]),
+    (["+train.max_step=60"], ["train.max_step", "Did you mean train.max_steps?"]),
+    ([f"train.device={ABSENT_DEVICE}"], [f"train.device='{ABSENT_DEVICE}'", "not available", "auto, cpu"]),
+    (["attn=linear", "attn.chunk_size=0"], ["attn.chunk_size=0", ">= 1"]),
+    (["schedule.warmup_steps=-5"], ["schedule.warmup_steps=-5", ">= 0"]),
+    (["optim.lr=abc"], ["optim.lr", "abc", "Float"]),  # a wrong type: Hydra's own message, exit 2 all the same
+]
+
+
+@pytest.mark.parametrize("overrides,words", CLI_CASES, ids=[" ".join(o) for o, _ in CLI_CASES])
+def test_the_command_line_refuses_bad_values_before_anything_is_written(earlier, overrides, words):
+    before = snapshot(earlier)
+    result = cli(*FAST, *SHORT, *overrides, "hydra.run.dir=outputs/new", cwd=earlier)
+    message = assert_refused(result, *words, "refused before training")
+    assert len(message.strip().splitlines()) <= 8, message
+    assert snapshot(earlier) == before and not (earlier / "outputs" / "new").exists()
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), ["damaged or not a checkpoint"]),
+    (lambda p: torch.save({"weights": torch.zeros(3)}, p), ["not a checkpoint of this ablate", "missing"]),
+    (lambda p: p.write_bytes(b""), ["damaged or not a checkpoint"]),
+], ids=["truncated", "foreign", "empty"])
+def test_resume_refuses_a_truncated_or_foreign_checkpoint_naming_it(earlier, tmp_path, damage, words):
+    run = tmp_path / "run"
+    shutil.copytree(earlier / "outputs" / "earlier", run)
+    damage(run / CHECKPOINT)
+    before = snapshot(run)
+    result = cli(*FAST, *SHORT, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert_refused(result, str(run / CHECKPOINT), *words, "It was left as it is")
+    assert snapshot(run) == before
+
+
+API_CASES = [  # the classes of the issue, each value with the words its refusal must contain
+    ("optim.lr=inf", "optim.lr=inf"), ("optim.weight_decay=nan", "optim.weight_decay=nan"),
+    ("norm.eps=-1", "norm.eps=-1.0"), ("pos.theta=0", "pos.theta=0.0"), ("softcap.logits=0", "softcap.logits=0.0"),
+    ("train.divergence_factor=0", "train.divergence_factor=0.0"), ("optim.grad_clip=-1", "optim.grad_clip=-1.0"),
+    ("schedule.warmup_steps=-5", "schedule.warmup_steps=-5"), ("schedule.min_lr_ratio=5", "schedule.min_lr_ratio=5.0"),
+    ("data.val_fraction=1.5", "data.val_fraction=1.5"), ("attn.chunk_size=0", "attn.chunk_size=0"),
+    ("ffn.multiple_of=0", "ffn.multiple_of=0"), ("train.threads=-3", "train.threads=-3"),
+    ("train.seed=-1", "train.seed=-1"), ("model.dropout=1.0", "model.dropout=1.0"),
+    ("train.sample_top_p=0", "train.sample_top_p=0.0"), ("moe.top_k=0", "moe.top_k=0"),
+    ("z_loss.coef=-0.1", "z_loss.coef=-0.1"), ("train.dtype=fp16", "train.dtype='fp16'"),
+    ("+optim.momentum=0.9", "optim.momentum is not a setting"), ("++train.max_step=60", "train.max_step"),
+    (f"train.device={ABSENT_DEVICE}", "not available"),
+]
+
+
+@pytest.mark.parametrize("override,words", API_CASES, ids=[o for o, _ in API_CASES])
+def test_train_refuses_every_class_of_bad_value_and_leaves_no_run_directory(tmp_path, override, words):
+    with pytest.raises(ConfigError) as error:
+        train(compose(*TINY, override), tmp_path / "run", progress=False)
+    message = str(error.value)
+    assert words in message and ("allowed" in message or "available" in message or "setting" in message), message
+    assert "\n" not in message  # one paragraph
+    assert not (tmp_path / "run").exists()
+
+
+# -- the mechanism, over every knob and every option ------------------------------------------------------
+NUMERIC = {int, float, typing.Optional[int], typing.Optional[float]}
+NUMERIC_KNOBS = [(group.name, field) for group in dataclasses.fields(schema.Config)
+                 for field in dataclasses.fields(group.default_factory)
+                 if typing.get_type_hints(group.default_factory)[field.name] in NUMERIC]
+
+
+@pytest.mark.parametrize("group,field", NUMERIC_KNOBS, ids=[f"{g}.{f.name}" for g, f in NUMERIC_KNOBS])
+def test_every_numeric_knob_of_the_schema_declares_its_range(group, field):
+    rules = {k: v for k, v in field.metadata.items() if k in ("gt", "ge", "lt", "le", "choices") and v is not None}
+    assert rules, f"{group}.{field.name} is a number without a declared range: use knob(default, ge=..., doc=...)"
+    assert field.metadata.get("doc"), f"{group}.{field.name}: say what the knob means (doc=...)"
+
+
+def changed(value):
+    """Another value of the same kind, so a knob is set to something different from the option's own."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    return 7 if value is None else f"{value}-other"
+
+
+@pytest.mark.parametrize("group", REGISTERED_GROUPS)
+def test_a_knob_is_refused_exactly_when_the_chosen_option_does_not_read_it(group):
+    for option in options(group):
+        if option == "text" or (group, option) == ("logger", "wandb"):
+            continue  # data=text needs a path to compose usefully; wandb reads all of its knobs
+        cfg = compose(f"{group}={option}")
+        reads = knobs_read(lookup(group, option))
+        for key, value in cfg[group].items():
+            if key == "name":
+                continue
+            cfg_changed = compose(f"{group}={option}")
+            cfg_changed[group][key] = changed(value)
+            found = unread_knobs(cfg_changed, [f"{group}={option}", f"{group}.{key}=x"])
+            ignored = reads is not None and key not in reads
+            assert bool(found) == ignored, (group, option, key, found)
+            if found:
+                assert f"{group}.{key}=" in found[0] and f"{group}={option}" in found[0]
+            assert unread_knobs(cfg_changed, None) == []  # presets, sweeps and the Python API: not refused
+
+
+def test_a_knob_set_to_the_options_own_value_is_accepted():
+    check(compose("tokenizer=byte", "tokenizer.vocab_size=257"), ["tokenizer=byte", "tokenizer.vocab_size=257"])
+
+
+@pytest.mark.parametrize("group", ["norm", "pos", "attn", "moe"])
+def test_a_knob_an_option_does_not_read_really_changes_nothing_in_the_model(group):
+    """Independent of knobs_read: the model built with an unread knob changed computes the same logits."""
+    from ablate.model import Transformer
+
+    ids = torch.randint(0, 300, (2, 64), generator=torch.Generator().manual_seed(0))
+
+    def shrunk(value):  # small enough to bite at 64 tokens (a window of 16, chunks of 16)
+        return max(2, value // 4) if isinstance(value, int) and not isinstance(value, bool) else changed(value)
+
+    def logits(cfg):
+        torch.manual_seed(0)
+        return Transformer(cfg, 300)(ids)
+
+    sensitive = False  # at least one knob that is read changes the logits: the comparison can fail
+    for option in options(group):
+        base = compose("model=micro", f"{group}={option}")
+        reads = knobs_read(lookup(group, option))
+        reference = logits(base)
+        for key, value in base[group].items():
+            if key == "name":
+                continue
+            other = compose("model=micro", f"{group}={option}")
+            other[group][key] = shrunk(value)
+            if reads is not None and key not in reads:
+                assert torch.equal(logits(other), reference), \
+                    f"{group}={option} is said not to read {group}.{key}, but it changes the logits"
+                continue
+            try:
+                sensitive |= not torch.equal(logits(other), reference)
+            except (ValueError, AssertionError, RuntimeError):
+                pass  # a read knob set to a value that does not fit this model: refused elsewhere
+    assert sensitive
