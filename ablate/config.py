@@ -1,139 +1,35 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""The composed config's schema, registered in Hydra's ConfigStore as `schema/config`.
 
-`conf/config.yaml` starts its defaults list with `schema`, so every YAML option and every
-command-line override is merged into these dataclasses: an unknown key or a wrong type fails
-at composition, before anything runs. One dataclass per design axis; the YAML of an option
-sets `name` (the registry key) and the knobs the option uses.
+The design axes come from the registry, not from a list here: every registered axis is a field
+whose type is the chosen option's own Config (`conf/<axis>/<option>.yaml` extends
+`/schema/<axis>/<option>`, which registration stored), so an unknown knob, a knob of another
+option or a wrong type fails at composition. Next to them sit the plain sections: the model's
+shape (`model`) and the training loop (`train`).
 
-This module imports no torch, so `python ablate/run.py --cfg job` stays fast.
+Importing this module registers every axis: the model's (package `components`) and the
+training side's (data, tokenizer, optim, schedule, logger, in their `ablate` modules).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-@dataclass
-class ModelConfig:
-    name: str = "nano"
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: Optional[int] = None  # null = n_heads (MHA); 1 = MQA; in between = GQA
-    context_length: int = 128
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    bias: bool = False  # biases in linear layers and LayerNorm (GPT-2 has them, LLaMA does not)
-    init_std: float = 0.02
-    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017; Gemma)
-
-
-@dataclass
-class NormConfig:
-    name: str = "rms"
-    eps: float = 1e-5
-
-
-@dataclass
-class NormPosConfig:
-    name: str = "pre"
-
-
-@dataclass
-class FFNConfig:
-    name: str = "swiglu"
-    d_ff_ratio: float = 8 / 3  # hidden size = ratio * d_model, rounded to multiple_of
-    multiple_of: int = 8
-
-
-@dataclass
-class BlockConfig:
-    name: str = "serial"
-
-
-@dataclass
-class PosConfig:
-    name: str = "rope"
-    theta: float = 10000.0  # RoPE base; sinusoidal uses the same base
-
-
-@dataclass
-class AttnConfig:
-    name: str = "full"
-    window: Optional[int] = None  # sliding_window / strided: keys within this many positions
-    stride: Optional[int] = None  # strided: also every stride-th earlier position
-    chunk_size: int = 64  # linear: tokens per chunk (quadratic inside a chunk, recurrent across chunks)
-
-
-@dataclass
-class QKNormConfig:
-    name: str = "off"
-
-
-@dataclass
-class SoftcapConfig:
-    name: str = "off"
-    attn: Optional[float] = None  # cap on attention logits; null = no cap
-    logits: Optional[float] = None  # cap on output logits; null = no cap
-
-
-@dataclass
-class ZLossConfig:
-    name: str = "off"
-    coef: float = 0.0
-
-
-@dataclass
-class MoEConfig:
-    name: str = "off"
-    n_experts: int = 8
-    top_k: int = 2
-    n_shared: int = 0
-    granularity: int = 1
-    aux_loss: float = 0.01
-    router_z_loss: float = 0.001
-
-
-@dataclass
-class DataConfig:
-    name: str = "shakespeare"
-    path: Optional[str] = None  # data=text: a file, a directory or a glob
-    archive: Optional[str] = None  # a local copy of the corpus's source archive (skips the download)
-    val_fraction: float = 0.1  # share of whole documents held out for validation
-    url: Optional[str] = None  # where an online corpus is fetched from
-
-
-@dataclass
-class TokenizerConfig:
-    name: str = "bpe"
-    vocab_size: int = 2048
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-
-
-@dataclass
-class ScheduleConfig:
-    name: str = "cosine"
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1  # cosine / wsd: final lr = min_lr_ratio * lr
-    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
-
-
-@dataclass
-class LoggerConfig:
-    name: str = "wandb"
-    project: str = "ablate"
-    entity: Optional[str] = None
+import components  # noqa: F401,I001  (registers the model's axes first: the order of a composed config)
+import ablate.data  # noqa: F401  (registers data)
+import ablate.tokenizer  # noqa: F401  (registers tokenizer)
+import ablate.optim  # noqa: F401  (registers optim)
+import ablate.schedules  # noqa: F401  (registers schedule)
+import ablate.loggers  # noqa: F401  (registers logger)
+from components.knobs import typed  # noqa: F401  (re-exported: ablate.config.typed)
+from components.registry import AXES, config_of
+from components.shape import ModelConfig
 
 
 @dataclass
@@ -157,29 +53,61 @@ class TrainConfig:
     divergence_factor: float = 3.0  # stop as diverged when train loss exceeds factor * initial loss
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    norm: NormConfig = field(default_factory=NormConfig)
-    norm_pos: NormPosConfig = field(default_factory=NormPosConfig)
-    ffn: FFNConfig = field(default_factory=FFNConfig)
-    block: BlockConfig = field(default_factory=BlockConfig)
-    pos: PosConfig = field(default_factory=PosConfig)
-    attn: AttnConfig = field(default_factory=AttnConfig)
-    qk_norm: QKNormConfig = field(default_factory=QKNormConfig)
-    softcap: SoftcapConfig = field(default_factory=SoftcapConfig)
-    z_loss: ZLossConfig = field(default_factory=ZLossConfig)
-    moe: MoEConfig = field(default_factory=MoEConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+def axis_fields() -> list[tuple[str, Any, Any]]:
+    """One field per registered axis, typed by the chosen option's Config at composition."""
+    return [(name, Any, field(default=MISSING)) for name in AXES]
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="schema", node=Config)
+Config = dataclasses.make_dataclass(
+    "Config",
+    [("model", ModelConfig, field(default_factory=ModelConfig)), *axis_fields(),
+     ("train", TrainConfig, field(default_factory=TrainConfig))],
+    namespace={"__module__": __name__, "__doc__": "The whole config of one run: model shape, one option per axis, training."},
+)
+
+ConfigStore.instance().store(group="schema", name="config", node=Config)
 
 
-register_configs()
+def structured(tree: dict | DictConfig, base: DictConfig | None = None) -> DictConfig:
+    """A typed DictConfig from a plain mapping (a checkpoint's or a converted model's config): each
+    axis is merged into the schema of the option its `name` says; sections `tree` leaves out come
+    from `base` (a composed config)."""
+    tree = OmegaConf.to_container(tree, resolve=True) if isinstance(tree, DictConfig) else dict(tree)
+    cfg = copy.deepcopy(base) if base is not None else OmegaConf.structured(Config)
+    for key, value in tree.items():
+        if key in AXES:
+            cfg[key] = OmegaConf.merge(OmegaConf.structured(config_of(key, value["name"])), value)
+        else:
+            cfg[key] = OmegaConf.merge(cfg[key], value) if isinstance(cfg.get(key), DictConfig) else value
+    return cfg
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def with_option(cfg: DictConfig, axis_name: str, option_name: str) -> DictConfig:
+    """A copy of `cfg` with `axis_name=option_name`, as Hydra's defaults list makes it: the option's
+    YAML values over its schema (a whole Hydra composition per option costs a third of a second)."""
+    values = OmegaConf.load(CONF / axis_name / f"{option_name}.yaml")
+    values.pop("defaults", None)
+    cfg = copy.deepcopy(cfg)
+    # a registered axis has a schema per option; a plain group (model sizes) one schema for all
+    schema = config_of(axis_name, option_name) if axis_name in AXES else OmegaConf.get_type(cfg, axis_name)
+    cfg[axis_name] = OmegaConf.merge(OmegaConf.structured(schema), values)
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(overrides: tuple[str, ...]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():  # initialized once per process: composing is then cheap
+        initialize_config_dir(config_dir=str(CONF), version_base=None)
+    return hydra_compose("config", overrides=list(overrides))
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API over conf/)."""
+    return copy.deepcopy(_compose(tuple(overrides)))

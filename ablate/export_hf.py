@@ -1,9 +1,9 @@
 """`python -m ablate.export_hf RUN_DIR OUT_DIR`: a trained run as a Hugging Face transformers folder.
 
-Loads the run (`ablate.load_run`), converts it exactly (`ablate.hf.to_hf`: Llama, Mistral, Mixtral,
+Loads the run (`ablate.load_run`), converts it exactly (`ablate.hf.export.to_hf`: Llama, Mistral, Mixtral,
 Gemma 2 or GPT-2, whichever computes the same function), and writes `save_pretrained(OUT_DIR)`
 (config.json, model.safetensors, generation_config.json), the run's tokenizer as a transformers fast
-tokenizer with the same ids (tokenizer.json, tokenizer_config.json; `ablate.hf.hf_tokenizer`), and the
+tokenizer with the same ids (tokenizer.json, tokenizer_config.json; `ablate.hf.export.hf_tokenizer`), and the
 original as `ablate_tokenizer.json` (for `ablate.tokenizer.load_tokenizer`). Then
 `AutoModelForCausalLM.from_pretrained(OUT_DIR)` gives the run's logits and
 `AutoTokenizer.from_pretrained(OUT_DIR)` its token ids.
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="where to write the transformers folder")
     args = parser.parse_args(argv)
 
-    from ablate.hf import NotExpressible, TransformersMissing, require_transformers
+    from ablate.hf.export import NotExpressible, TransformersMissing, require_transformers
 
     checkpoint = args.run_dir / "checkpoints" / "latest.pt"
     if not checkpoint.is_file():
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(f"{error} Nothing was written.")
 
     from ablate import load_run
-    from ablate.hf import hf_tokenizer, to_hf
+    from ablate.hf.export import hf_tokenizer, to_hf
 
     model, cfg, tokenizer = load_run(args.run_dir)
     try:

@@ -7,12 +7,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from components.registry import register
+from dataclasses import dataclass
+from typing import Optional
+
+from components.registry import OptionConfig, axis, register
+
+axis("logger", "experiment tracker beside metrics.jsonl", kind="logging")
 
 
 @register("logger", "none")
 class NoLogger:
-    def __init__(self, **_: Any):
+    """Built as `Option(cfg, run_dir=, config=, group=, run_name=, tags=)`; this one ignores them."""
+
+    def __init__(self, cfg: OptionConfig, **_: Any):
         pass
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -33,6 +40,12 @@ def wandb_mode() -> str:
     return "online" if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore") else "offline"
 
 
+@dataclass
+class WandbConfig(OptionConfig):
+    project: str = "ablate"
+    entity: Optional[str] = None
+
+
 @register("logger", "wandb")
 class WandbLogger:
     """One W&B run per training run: group = the sweep, name = the overrides, tags = the choices.
@@ -43,9 +56,11 @@ class WandbLogger:
     up are queued and sent in order. If W&B cannot start, training goes on (metrics.jsonl has every
     logged step) and the reason is printed once."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], group: str, run_name: str, tags: list[str],
-                 project: str = "ablate", entity: str | None = None):
-        self.init_kwargs = dict(project=project, entity=entity, group=group, name=run_name, tags=tags[:64],
+    Config = WandbConfig
+
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], group: str, run_name: str,
+                 tags: list[str]):
+        self.init_kwargs = dict(project=cfg.project, entity=cfg.entity, group=group, name=run_name, tags=tags[:64],
                                 config=config, dir=str(run_dir), mode=wandb_mode(), reinit="finish_previous")
         self.run: Any = None
         self.error: BaseException | None = None

@@ -1,20 +1,16 @@
 """Refuse a bad config before anything trains, with one paragraph naming key, value and choices.
 
 General checks live here; a check that belongs to one option lives on its class as
-`check_config(...)` (it receives the keywords it names, like a constructor) and returns a
-message or None, so adding an option never means editing this file.
+`check_config(cfg)` (it receives the whole typed config) and returns a message or None, so
+adding an option never means editing this file.
 """
 from __future__ import annotations
 
-from typing import Any
 
 from omegaconf import DictConfig
 
-from components.registry import UnknownOption, accepted_kwargs, lookup
-
-# config groups whose `name` is a registry key of the same axis
-REGISTERED_GROUPS = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "moe", "data", "tokenizer",
-                     "schedule", "logger")
+from components.knobs import problems, typed
+from components.registry import AXES, UnknownOption, lookup
 
 
 class ConfigError(ValueError):
@@ -32,7 +28,9 @@ def require(ok: bool, message: str) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError for the first problem found; return None when the config can train."""
-    for group in REGISTERED_GROUPS:
+    found = problems(cfg)
+    require(not found, " ".join(found[:3]))
+    for group in AXES:
         try:
             lookup(group, cfg[group].name)
         except UnknownOption as error:
@@ -51,11 +49,6 @@ def check(cfg: DictConfig) -> None:
                 f"{divisors(m.n_heads)} (1 = multi-query attention).")
     require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} is not allowed: use a value in [0, 1).")
 
-    vocab = cfg.tokenizer.vocab_size
-    require(vocab >= 257, f"tokenizer.vocab_size={vocab} is too small: byte-level tokenizers need the 256 "
-                          f"byte tokens plus <|endoftext|>, so the minimum is 257 (default 2048).")
-    require(vocab <= 2**32, f"tokenizer.vocab_size={vocab} is too large: at most {2**32}.")
-
     require(t.max_steps >= 1, f"train.max_steps={t.max_steps} is not allowed: at least 1.")
     require(t.batch_size >= 1, f"train.batch_size={t.batch_size} is not allowed: at least 1.")
     require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
@@ -68,27 +61,10 @@ def check(cfg: DictConfig) -> None:
     require(t.dtype in ("auto", "fp32", "bf16"), f"train.dtype={t.dtype!r} is not allowed; choices: auto, fp32, bf16.")
     require(t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda", "mps"),
             f"train.device={t.device!r} is not allowed; choices: auto, cpu, cuda, cuda:N, mps.")
-    require(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} is not allowed: it must be positive.")
-    require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
-            f"optim.betas={list(cfg.optim.betas)} is not allowed: two numbers in [0, 1).")
 
-    context = option_context(cfg)
-    for group in REGISTERED_GROUPS:
-        option = lookup(group, cfg[group].name)
-        checker = getattr(option, "check_config", None)
+    options = typed(cfg)
+    for group in AXES:
+        checker = getattr(lookup(group, cfg[group].name), "check_config", None)
         if checker is not None:
-            message = checker(**accepted_kwargs(checker, context))
+            message = checker(options)
             require(message is None, str(message))
-
-
-def option_context(cfg: DictConfig) -> dict[str, Any]:
-    """What an option's check_config may ask for, by keyword."""
-    m = cfg.model
-    context = {f"{group}_{key}": value for group, options in cfg.items() if group != "train"
-               for key, value in options.items()}
-    context.update(
-        d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads or m.n_heads,
-        head_dim=m.d_model // m.n_heads, context_length=m.context_length, vocab_size=cfg.tokenizer.vocab_size,
-        cfg=cfg,
-    )
-    return context
