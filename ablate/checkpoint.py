@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ablate.config import Config
+from ablate.config import structured
 from ablate.files import atomic_output
 from ablate.validate import ConfigError
+from components.registry import AXES
 
-# What a checkpoint's weights and data position depend on; everything else (steps, eval cadence,
-# logging) may change when a run is resumed, e.g. to train it longer.
-ARCHITECTURE_KEYS = ("model", "norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap", "moe",
-                     "data", "tokenizer")
+# What a checkpoint's weights and data position depend on: the model's shape and every axis that
+# shapes a checkpoint; everything else (steps, eval cadence, optimizer settings, logging) may change
+# when a run is resumed, e.g. to train it longer.
+ARCHITECTURE_KEYS = ("model", *(name for name, axis in AXES.items() if axis.shapes_checkpoint))
 CHECKPOINT = Path("checkpoints") / "latest.pt"
 FORMAT = "ablate-checkpoint/2"  # 2: plain data only (weights_only), with the data's fingerprints
 REQUIRED = ("model", "optimizer", "step", "tokens_seen", "best_val_loss", "initial_loss", "rng", "torch_rng",
@@ -89,7 +90,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, DictConfig, Any]:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{run_dir} has no checkpoints/latest.pt; is it a run directory of ablate?")
     state = read_checkpoint(checkpoint)
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    cfg = structured(state["config"])
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model = Transformer(cfg, state["vocab_size"])
     model.load_state_dict(state["model"])

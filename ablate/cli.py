@@ -68,3 +68,50 @@ def refuse_unknown_options(argv: list[str]) -> None:
                       f"group `{group}`. Valid choices: {', '.join(valid)} (one YAML file each in "
                       f"conf/{group}/). Nothing was trained.", file=sys.stderr)
                 sys.exit(2)
+
+
+def default_options() -> dict[str, str]:
+    """group -> option of conf/config.yaml's defaults list."""
+    import yaml
+
+    entries = yaml.safe_load((CONF / "config.yaml").read_text())["defaults"]
+    return {k: str(v) for entry in entries if isinstance(entry, dict) for k, v in entry.items()
+            if not k.startswith("override")}
+
+
+def refuse_foreign_knobs(argv: list[str]) -> None:
+    """`axis.key=value` where the chosen option of `axis` has no setting `key` (`tokenizer=byte
+    tokenizer.vocab_size=300`): one paragraph naming the options that have it, instead of Hydra's
+    composition error. The chosen option is the command line's `axis=option` (each of a comma list),
+    else conf/config.yaml's default; with a preset (+experiment=...) the default is left to Hydra."""
+    import dataclasses
+
+    from components.registry import AXES, config_of, options
+
+    chosen = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and key.lstrip("+~") in AXES and "(" not in value:
+            chosen[key.lstrip("+~")] = value.split(",")
+    presets = any(arg.lstrip("+").startswith(("experiment=", "lecture=", "sweep=")) for arg in argv)
+    defaults = {} if presets else default_options()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        axis_name, dot, knob_name = key.lstrip("+~").partition(".")
+        if not sep or not dot or "." in knob_name or axis_name not in AXES:
+            continue
+        names = chosen.get(axis_name) or ([defaults[axis_name]] if axis_name in defaults else [])
+        for name in names:
+            if name not in options(axis_name):
+                continue
+            own = [f.name for f in dataclasses.fields(config_of(axis_name, name)) if f.name != "name"]
+            if knob_name in own:
+                continue
+            having = [o for o in options(axis_name)
+                      if knob_name in {f.name for f in dataclasses.fields(config_of(axis_name, o))}]
+            print(f"ablate: refused before training: {axis_name}.{knob_name}={value} is not a setting of "
+                  f"{axis_name}={name} (its settings: {', '.join(f'{axis_name}.{k}' for k in own) or 'none'}). "
+                  + (f"Options of `{axis_name}` that have it: {', '.join(having)}; choose one of them "
+                     f"({axis_name}={having[0]}), or drop {axis_name}.{knob_name}." if having else
+                     f"No option of `{axis_name}` has it: drop it.") + " Nothing was trained.", file=sys.stderr)
+            sys.exit(2)

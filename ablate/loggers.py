@@ -7,15 +7,20 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
-from components.registry import register
+from components.registry import OptionConfig, axis, register
+
+axis("logger", "experiment tracker beside metrics.jsonl", kind="logging")
 
 
 @register("logger", "none")
 class NoLogger:
-    def __init__(self, **_: Any):
+    """Built as `Option(cfg, run_dir=, config=, group=, run_name=, tags=)`; this one ignores them."""
+
+    def __init__(self, cfg: OptionConfig, **_: Any):
         pass
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -107,6 +112,12 @@ def wandb_mode() -> str:
     return wandb_mode_and_reason()[0]
 
 
+@dataclass
+class WandbConfig(OptionConfig):
+    project: str = "ablate"
+    entity: Optional[str] = None
+
+
 @register("logger", "wandb")
 class WandbLogger:
     """One W&B run per training run: group = the sweep, name = the overrides, tags = the choices.
@@ -117,10 +128,12 @@ class WandbLogger:
     up are queued and sent in order. If W&B cannot start, training goes on (metrics.jsonl has every
     logged step) and the reason is printed once."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], group: str, run_name: str, tags: list[str],
-                 project: str = "ablate", entity: str | None = None):
+    Config = WandbConfig
+
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], group: str, run_name: str,
+                 tags: list[str]):
         mode, self.mode_reason = wandb_mode_and_reason()
-        self.init_kwargs = dict(project=project, entity=entity, group=group, name=run_name, tags=tags[:64],
+        self.init_kwargs = dict(project=cfg.project, entity=cfg.entity, group=group, name=run_name, tags=tags[:64],
                                 config=config, dir=str(run_dir), mode=mode, reinit="finish_previous")
         self.run: Any = None
         self.error: BaseException | None = None

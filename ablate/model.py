@@ -2,58 +2,51 @@
 
     tokens -> embed (+ positions) -> N x block(attention, feed-forward) -> final norm -> head -> logits
 
-Every choice comes from the config by name through the registry; nothing here branches on an
-option's name. `Transformer(cfg, vocab_size)` takes the composed Hydra config (see conf/).
+Each config group is a typed option config that builds its component (`cfg.norm.build(dim)`), and
+components receive built modules, never option names, so nothing here branches on a choice.
+`Transformer(cfg, vocab_size)` takes the composed config (a DictConfig or its typed object).
 """
 from __future__ import annotations
 
-from functools import partial
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ablate.config import typed
 from components.attention import SelfAttention
-from components.ffn import hidden_size
 from components.layers import dropout as dropout_layer
-from components.registry import build, call, knobs, lookup
+
+
+def make_block(cfg: Any, softcap: nn.Module) -> nn.Module:
+    """One block: attention built from attn + qk_norm (+ the soft-cap of its scores), a feed-forward
+    from ffn or moe, norms placed by norm_pos, joined serially or in parallel by block."""
+    m = cfg.model
+    attention = SelfAttention(m, kernel=cfg.attn.build(m, softcap=softcap.attn),
+                              qk_norm=cfg.qk_norm.build(make_head_norm=lambda: cfg.norm.build(m.head_dim, m.bias)))
+    feedforward = cfg.moe.build(make_ffn=lambda d_ff: cfg.ffn.build(m.d_model, d_ff, m.bias, m.dropout),
+                                d_model=m.d_model, d_ff=cfg.ffn.hidden_size(m.d_model))
+    return cfg.block.build(attention, feedforward,
+                           placement=lambda n_branches: cfg.norm_pos.build(lambda: cfg.norm.build(m.d_model, m.bias),
+                                                                          n_branches))
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: DictConfig, vocab_size: int):
+    def __init__(self, cfg: DictConfig | Any, vocab_size: int):
         super().__init__()
+        self.cfg = cfg = typed(cfg)
         m = cfg.model
-        self.cfg, self.vocab_size = cfg, vocab_size
-        n_kv_heads = m.n_kv_heads or m.n_heads
-        head_dim = m.d_model // m.n_heads
-        self.d_ff = hidden_size(m.d_model, cfg.ffn.d_ff_ratio, cfg.ffn.multiple_of)
-
-        make_norm = partial(build, "norm", cfg.norm.name, dim=m.d_model, bias=m.bias, **knobs(cfg.norm))
-        make_head_norm = partial(build, "norm", cfg.norm.name, dim=head_dim, bias=m.bias, **knobs(cfg.norm))
-        placement = partial(build, "norm_pos", cfg.norm_pos.name, make_norm=make_norm)
-        make_ffn = partial(build, "ffn", cfg.ffn.name, d_model=m.d_model, bias=m.bias, dropout=m.dropout)
-
-        def block() -> nn.Module:
-            attention = SelfAttention(m.d_model, m.n_heads, n_kv_heads, kernel=cfg.attn.name,
-                                      bias=m.bias, dropout=m.dropout, qk_norm=cfg.qk_norm.name,
-                                      make_head_norm=make_head_norm, softcap=cfg.softcap.attn,
-                                      context_length=m.context_length, **knobs(cfg.attn))
-            feedforward = call(lookup("moe", cfg.moe.name).feedforward,
-                               make_ffn=lambda hidden: make_ffn(d_ff=hidden), d_model=m.d_model, d_ff=self.d_ff,
-                               bias=m.bias, **knobs(cfg.moe))
-            return build("block", cfg.block.name, attention=attention, feedforward=feedforward,
-                         placement=lambda n_branches: placement(n_branches=n_branches))
-
+        self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, m.d_model)
         self.embed_scale = m.d_model ** 0.5 if m.scale_embeddings else None  # Gemma: embeddings * sqrt(d_model)
-        self.pos = build("pos", cfg.pos.name, d_model=m.d_model, head_dim=head_dim, n_heads=m.n_heads,
-                         context_length=m.context_length, init_std=m.init_std, **knobs(cfg.pos))
+        self.pos = cfg.pos.build(m)
         self.dropout = dropout_layer(m.dropout)
-        self.blocks = nn.ModuleList(block() for _ in range(m.n_layers))
-        needs_final_norm = lookup("norm_pos", cfg.norm_pos.name).final_norm
-        self.final_norm = make_norm() if needs_final_norm else nn.Identity()
+        self.softcap = cfg.softcap.build()
+        self.blocks = nn.ModuleList(make_block(cfg, self.softcap) for _ in range(m.n_layers))
+        needs_final_norm = type(cfg.norm_pos).component.final_norm  # post-norm blocks already end in a norm
+        self.final_norm = cfg.norm.build(m.d_model, m.bias) if needs_final_norm else nn.Identity()
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
-        self.logit_softcap = cfg.softcap.logits  # cap * tanh(logits / cap) (Gemma 2); None = off
         if m.tie_embeddings:
             self.head.weight = self.embed.weight  # one matrix reads and writes tokens (Press & Wolf 2017)
         self.reset_parameters(m.init_std, m.n_layers)
@@ -79,10 +72,7 @@ class Transformer(nn.Module):
         x = self.dropout(self.pos.embed(x))
         for block in self.blocks:
             x = block(x, self.pos)
-        logits = self.head(self.final_norm(x))
-        if self.logit_softcap is not None:
-            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
-        return logits
+        return self.softcap(self.head(self.final_norm(x)))
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """Extra training losses the last forward produced (e.g. MoE load balancing), summed by name."""

@@ -15,7 +15,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 import ablate.config  # noqa: E402,F401  (registers the schema in Hydra's ConfigStore)
 from ablate import feedback, help_page  # noqa: E402
-from ablate.cli import flags_first, refuse_unknown_options  # noqa: E402,F401  (re-exported for tests)
+from ablate.cli import flags_first, refuse_foreign_knobs, refuse_unknown_options  # noqa: E402,F401  (re-exported)
 
 help_page.register()  # the ${ablate_help:...} resolver of conf/hydra/help/ablate.yaml
 
@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     sys.argv[1:] = flags_first(sys.argv[1:])
     refuse_unknown_options(sys.argv[1:])
+    refuse_foreign_knobs(sys.argv[1:])
     try:
         main()
     except SystemExit as stop:  # e.g. optim.lr=abc: Hydra has printed key, value and type; nothing ran

@@ -2,15 +2,36 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from components.registry import register
+from components.knobs import knob
+from components.registry import OptionConfig, axis, register
+
+axis("schedule", "learning-rate schedule with warmup", kind="training")
+
+
+@dataclass
+class WarmupConfig(OptionConfig):
+    warmup_steps: int = knob(50, ge=0, doc="steps of linear warmup from 0")
+
+
+@dataclass
+class DecayConfig(WarmupConfig):
+    min_lr_ratio: float = knob(0.1, ge=0, le=1, doc="final lr = min_lr_ratio x optim.lr")
+
+
+@dataclass
+class WSDConfig(DecayConfig):
+    decay_fraction: float = knob(0.2, gt=0, le=1, doc="share of the steps spent decaying at the end")
 
 
 class Schedule:
-    def __init__(self, max_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
-                 decay_fraction: float = 0.0):
-        self.max_steps, self.warmup_steps = max_steps, min(warmup_steps, max_steps)
-        self.min_lr_ratio, self.decay_fraction = min_lr_ratio, decay_fraction
+    """Built as `Option(cfg, max_steps)`."""
+
+    Config = WarmupConfig
+
+    def __init__(self, cfg: WarmupConfig, max_steps: int):
+        self.cfg, self.max_steps, self.warmup_steps = cfg, max_steps, min(cfg.warmup_steps, max_steps)
 
     def __call__(self, step: int) -> float:
         """Multiplier for the update taken at `step` (0-based): linear warmup, then `after_warmup`."""
@@ -33,20 +54,25 @@ class Constant(Schedule):
 class Cosine(Schedule):
     """Half a cosine from 1 down to min_lr_ratio (Loshchilov & Hutter 2017)."""
 
+    Config = DecayConfig
+
     def after_warmup(self, progress: float) -> float:
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        low = self.cfg.min_lr_ratio
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @register("schedule", "wsd")
 class WarmupStableDecay(Schedule):
     """Flat, then a linear decay to min_lr_ratio over the last decay_fraction of steps (Hu et al. 2024)."""
 
+    Config = WSDConfig
+
     def __call__(self, step: int) -> float:
-        decay_steps = max(1, round(self.decay_fraction * self.max_steps))
+        decay_steps = max(1, round(self.cfg.decay_fraction * self.max_steps))
         decay_start = self.max_steps - decay_steps
         if step < self.warmup_steps:
             return super().__call__(step)
         if step < decay_start:
             return 1.0
         progress = min(1.0, (step - decay_start + 1) / decay_steps)
-        return 1.0 + (self.min_lr_ratio - 1.0) * progress
+        return 1.0 + (self.cfg.min_lr_ratio - 1.0) * progress

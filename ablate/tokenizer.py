@@ -12,6 +12,7 @@ the merged pair are touched) and the best pair comes from a lazily invalidated h
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -19,6 +20,7 @@ import os
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -26,7 +28,31 @@ import numpy as np
 import regex
 
 from ablate.files import atomic_write_bytes
-from components.registry import register
+from components.knobs import knob
+from components.registry import OptionConfig, axis, register
+
+axis("tokenizer", "text to token ids: byte-level BPE or raw bytes", kind="data")
+
+
+@dataclass
+class TokenizerConfig(OptionConfig):
+    """Building the option trains a tokenizer on documents: `cfg.tokenizer.build(train_documents)`."""
+
+    def build(self, documents: Sequence[str]) -> Tokenizer:
+        return type(self).component.train(documents)
+
+    def cache_key(self) -> str:
+        """Names the trained tokenizer in the cache: the option and its settings."""
+        values = [str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "name"]
+        return "-".join([self.name, *values])
+
+
+@dataclass
+class BPEConfig(TokenizerConfig):
+    vocab_size: int = knob(2048, ge=257, le=2**32, doc="257 byte tokens and <|endoftext|>, plus the merges")
+
+    def build(self, documents: Sequence[str]) -> Tokenizer:
+        return BPETokenizer.train(documents, self.vocab_size)
 
 EOT = "<|endoftext|>"
 EOT_ID = 256
@@ -182,8 +208,8 @@ class Tokenizer:
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255 plus <|endoftext|> = 256: vocab_size is always 257."""
 
+    Config = TokenizerConfig
     kind = "byte"
-    reads = ()  # tokenizer.vocab_size is fixed at 257: a different value is refused, not ignored
 
     def __init__(self) -> None:
         super().__init__(())
@@ -207,8 +233,8 @@ class ByteTokenizer(Tokenizer):
 class BPETokenizer(Tokenizer):
     """Byte-level BPE; ``vocab_size`` is 257 + number of merges."""
 
+    Config = BPEConfig
     kind = "bpe"
-    reads = ("vocab_size",)
 
     @classmethod
     def train(cls, documents: Sequence[str], vocab_size: int, *, workers: int | None = None) -> BPETokenizer:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -32,43 +31,23 @@ from ablate.metrics_file import MetricsFile, kill_point
 from ablate.runlock import locked_run_dir
 from ablate.model import Transformer
 from ablate.preemption import StopRequest
-from components.registry import build, knobs
+from ablate.config import typed
+from components.losses import cross_entropy
+from components.registry import config_of
 
 EVAL_SEED = 1234  # validation windows depend only on this, so every run of a sweep sees the same ones
 
 
-def make_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only; norms' gains and biases are not decayed.
-
-    The fused kernel (one pass over all parameters) is used on CPU and CUDA: on CPU it made the
-    optimizer step 3x faster than torch's default per-tensor loop (`python -m ablate.bench`)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                             fused=device.type in ("cpu", "cuda"))
-
-
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in nats."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    return cross_entropy(logits, targets)
 
 
-def loss_terms(model: Transformer, logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float) -> dict:
-    """The training objective by term: cross-entropy, z-loss and any auxiliary losses of the model.
-
-    z-loss = coef * mean(log Z)^2 with log Z = logsumexp of the output logits (PaLM). The logged
-    `train_loss` is the cross-entropy alone, so it stays comparable across runs with and without extras.
-    """
-    if z_loss_coef:  # one log-softmax pass over the vocabulary serves both terms (1.5x faster than two)
-        flat = logits.float().flatten(0, 1)
-        log_probs = F.log_softmax(flat, dim=-1)
-        log_z = flat[:, 0] - log_probs[:, 0]  # log p_i = l_i - log Z for every i: column 0 gives log Z
-        terms = {"ce": F.nll_loss(log_probs, targets.flatten()), "z_loss": z_loss_coef * log_z.square().mean()}
-    else:
-        terms = {"ce": lm_loss(logits, targets)}
+def loss_terms(model: Transformer, objective, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """The training objective by term: the `z_loss` option's terms (cross-entropy `ce`, z-loss when on)
+    and any auxiliary losses of the model (MoE load balancing). The logged `train_loss` is `ce` alone,
+    so it stays comparable across runs with and without extras."""
+    terms = objective(logits, targets)
     terms.update(model.auxiliary_losses())
     return terms
 
@@ -79,11 +58,13 @@ class Run:
     def __init__(self, cfg: DictConfig, run_dir: Path, corpus: TokenizedCorpus, device: torch.device,
                  world: World = World()):
         self.cfg, self.run_dir, self.corpus, self.device, self.world = cfg, run_dir, corpus, device, world
-        self.model = self.raw_model = Transformer(cfg, corpus.tokenizer.vocab_size).to(device)
+        self.options = options = typed(cfg)
+        self.model = self.raw_model = Transformer(options, corpus.tokenizer.vocab_size).to(device)
         if world.size > 1:  # gradients are averaged across ranks during backward
             self.model = DistributedDataParallel(self.raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.optimizer = make_optimizer(self.raw_model, cfg, device)
-        self.schedule = build("schedule", cfg.schedule.name, max_steps=cfg.train.max_steps, **knobs(cfg.schedule))
+        self.optimizer = options.optim.build(self.raw_model, device)
+        self.schedule = options.schedule.build(cfg.train.max_steps)
+        self.objective = options.z_loss.build()
         self.rng = np.random.default_rng(cfg.train.seed)
         self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
         self.checkpoint_path = run_dir / CHECKPOINT
@@ -119,7 +100,7 @@ class Run:
             sync = nullcontext() if world.size == 1 or last_micro else self.model.no_sync()  # all-reduce once
             with sync:
                 with self.autocast():
-                    terms = loss_terms(self.raw_model, self.model(x), y, cfg.z_loss.coef)
+                    terms = loss_terms(self.raw_model, self.objective, self.model(x), y)
                 (sum(terms.values()) / accum).backward()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / accum
@@ -247,10 +228,11 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         "processes": world.size, "data_prep_s": round(data_prep_s, 3), "first_step_s": None,
         "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"],
     }
-    logger = build("logger", cfg.logger.name if world.is_main else "none", run_dir=run_dir, group=group or "single-runs",
-                   run_name=",".join(o for o in overrides or [] if not o.startswith("hydra")) or "default",
-                   tags=[f"{k}={v}" for k, v in sorted(choices.items())],
-                   config=OmegaConf.to_container(cfg, resolve=True), **knobs(cfg.logger))
+    logger_cfg = run.options.logger if world.is_main else config_of("logger", "none")()
+    logger = logger_cfg.build(run_dir=run_dir, group=group or "single-runs",
+                              run_name=",".join(o for o in overrides or [] if not o.startswith("hydra")) or "default",
+                              tags=[f"{k}={v}" for k, v in sorted(choices.items())],
+                              config=OmegaConf.to_container(cfg, resolve=True))
     metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=run.step, enabled=world.is_main)
     val_loss, eval_every = None, eval_interval(cfg.train)
     if run.step == 0:  # the untrained model: every curve starts at the same point

@@ -20,16 +20,16 @@ from analysis.tuning import TUNE_STAGE
 
 
 def _bench() -> Any:
-    """The benchmark's public pieces, imported in this one place (the benchmark may move into an
-    `ablate.bench` package: only this function would change)."""
+    """The benchmark's public pieces (`ablate.bench`), imported in this one place."""
     from types import SimpleNamespace
 
-    from ablate import bench
-    from ablate.bench_configs import Shape
-    from ablate.bench_machine import CpuLoad
+    from ablate.bench.configs import Shape
+    from ablate.bench.core import make_batches, make_candidate, run_interleaved
+    from ablate.bench.machine import CpuLoad
+    from ablate.config import structured
 
-    return SimpleNamespace(make_candidate=bench.make_candidate, make_batches=bench.make_batches,
-                           run_interleaved=bench.run_interleaved, Shape=Shape, CpuLoad=CpuLoad)
+    return SimpleNamespace(make_candidate=make_candidate, make_batches=make_batches, run_interleaved=run_interleaved,
+                           Shape=Shape, CpuLoad=CpuLoad, structured=structured)
 
 
 def configurations(sweep: Path) -> pd.DataFrame:
@@ -54,8 +54,8 @@ def write_speed(sweep: Path, out: Path, steps: int = 20, warmup: int = 3) -> pd.
     table = configurations(sweep)
     candidates = []
     for row in table.itertuples():
-        cfg = OmegaConf.load(sweep / row.run / ".hydra" / "config.yaml")
-        vocab = int(row.vocab_size) if not math.isnan(row.vocab_size) else int(cfg.tokenizer.vocab_size)
+        cfg = b.structured(OmegaConf.load(sweep / row.run / ".hydra" / "config.yaml"))
+        vocab = int(row.vocab_size) if not math.isnan(row.vocab_size) else int(cfg.tokenizer.get("vocab_size", 257))
         shape = b.Shape(n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads, d_model=cfg.model.d_model,
                         context=cfg.model.context_length, batch=cfg.train.batch_size, vocab=vocab)
         dtype = "bf16" if device.type == "cuda" else "fp32"

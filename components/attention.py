@@ -4,11 +4,13 @@
 `SelfAttention` owns the projections and the head bookkeeping (MHA, GQA, MQA through
 n_kv_heads). The registered `attn` option is the *kernel*: how causal attention is computed
 from q (batch, n_heads, T, head_dim) and k, v (batch, n_kv_heads, T, head_dim); each k/v head
-serves n_heads / n_kv_heads query heads (Ainslie et al. 2023).
+serves n_heads / n_kv_heads query heads (Ainslie et al. 2023). A kernel is built as
+`Kernel(cfg, model, softcap)` and states the forward FLOPs of its scores (`score_flops_per_token`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -16,9 +18,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from components.knobs import knob
 from components.layers import dropout as dropout_layer
 from components.positional import PositionEncoding
-from components.registry import build, lookup, options, register
+from components.registry import OptionConfig, axis, lookup, options, register
+from components.shape import ModelConfig
+
+axis("attn", "attention pattern / kernel: full, sliding window, strided sparse or linear")
+axis("qk_norm", "normalize queries and keys per head before the dot product")
+
+
+def scores_bias_free(pos_option: type) -> bool:
+    """Whether a pos option leaves the attention scores alone (everything but ALiBi-like options)."""
+    return pos_option.attention_bias is PositionEncoding.attention_bias
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, allowed: torch.Tensor | None = None,
@@ -61,19 +73,28 @@ def causal_mask(T: int, device: torch.device) -> torch.Tensor:
     return _CAUSAL[key]
 
 
-@register("attn", "full")
-class FullCausalAttention(nn.Module):
-    """Every earlier position: softmax(q k^T / sqrt(d) + causal mask) v."""
+class Kernel(nn.Module):
+    """What every kernel keeps: the model's shape, attention dropout and the score soft-cap."""
 
-    def __init__(self, dropout: float = 0.0, softcap: float | None = None):
+    def __init__(self, cfg: OptionConfig, model: ModelConfig, softcap: float | None = None):
         super().__init__()
-        self.dropout, self.softcap = dropout, softcap
+        self.d_model, self.context_length = model.d_model, model.context_length
+        self.dropout, self.softcap = model.dropout, softcap
 
-    @staticmethod
-    def flops_per_token(d_model: int, context_length: int) -> int:
-        """Forward FLOPs per token of q k^T and p v, counted over the full T x T score matrix
-        (the convention of PaLM's MFU and of torch.utils.flop_counter; causal kernels skip about half)."""
-        return 2 * 2 * context_length * d_model
+    def keys_per_query(self) -> int:
+        """Keys a query with a full context scores (all T for full attention)."""
+        return self.context_length
+
+    def score_flops_per_token(self) -> int:
+        """Forward FLOPs per token of q k^T and p v over the keys a query scores, counted for a query
+        with a full context (the convention of PaLM's MFU and of torch.utils.flop_counter, which count
+        the whole T x T matrix; causal kernels skip about half)."""
+        return 2 * 2 * self.keys_per_query() * self.d_model
+
+
+@register("attn", "full")
+class FullCausalAttention(Kernel):
+    """Every earlier position: softmax(q k^T / sqrt(d) + causal mask) v."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,18 +107,18 @@ class FullCausalAttention(nn.Module):
 _PATTERNS: dict[tuple, torch.Tensor] = {}
 
 
-class PatternAttention(nn.Module):
+class PatternAttention(Kernel):
     """Softmax attention over a fixed set of allowed key offsets i - j >= 0 (a subclass states which
     through `allows(offset)`). The (T, T) boolean mask is built once per (pattern, T, device), shared by
     all layers, and handed to `softmax_attention`, so a position bias (ALiBi) and soft-capping compose.
 
     The mask is dense: the kernel still forms the T x T scores and discards the masked ones. Its
-    `flops_per_token` counts the entries a sparse kernel would compute (the row of a query with a full
-    context, as full attention counts all T), i.e. the cost the pattern is meant to have."""
+    `score_flops_per_token` counts the entries a sparse kernel would compute (the row of a query with a
+    full context, as full attention counts all T), i.e. the cost the pattern is meant to have."""
 
-    def __init__(self, dropout: float = 0.0, softcap: float | None = None):
-        super().__init__()
-        self.dropout, self.softcap = dropout, softcap
+    def keys_per_query(self) -> int:
+        offsets = torch.arange(self.context_length)
+        return int(self.allows(offsets).sum())
 
     def pattern(self) -> tuple:
         """The knobs that determine the mask (its cache key)."""
@@ -121,12 +142,9 @@ class PatternAttention(nn.Module):
                                  softcap=self.softcap, dropout=self.dropout if self.training else 0.0)
 
 
-def _positive_knob(option: str, key: str, value: int | None, meaning: str) -> str | None:
-    if value is None or value < 1:
-        shown = "null" if value is None else value
-        return (f"attn={option} needs attn.{key} to be a positive integer ({meaning}), but attn.{key}={shown}. "
-                f"Set e.g. attn.{key}=64, or use attn=full.")
-    return None
+@dataclass
+class WindowConfig(OptionConfig):
+    window: int = knob(64, ge=1, doc="each query attends to itself and the window - 1 positions before it")
 
 
 @register("attn", "sliding_window")
@@ -134,22 +152,11 @@ class SlidingWindowAttention(PatternAttention):
     """Local causal attention (Longformer, Beltagy et al. 2020; Mistral 7B): query i sees keys
     i - window + 1 .. i, itself included. Stacked layers still reach further back (L x window)."""
 
-    def __init__(self, window: int | None, dropout: float = 0.0, softcap: float | None = None):
-        message = self.check_config(window)
-        if message:
-            raise ValueError(message)
-        super().__init__(dropout, softcap)
-        self.window = window
+    Config = WindowConfig
 
-    @staticmethod
-    def check_config(attn_window: int | None) -> str | None:
-        return _positive_knob("sliding_window", "window", attn_window,
-                              "each query attends to itself and the window - 1 positions before it")
-
-    @staticmethod
-    def flops_per_token(d_model: int, context_length: int, window: int) -> int:
-        """Full attention's 2 * 2 * T * d_model with the min(window, T) keys a query really scores."""
-        return 2 * 2 * min(window, context_length) * d_model
+    def __init__(self, cfg: WindowConfig, model: ModelConfig, softcap: float | None = None):
+        super().__init__(cfg, model, softcap)
+        self.window = cfg.window
 
     def pattern(self) -> tuple:
         return (self.window,)
@@ -158,38 +165,23 @@ class SlidingWindowAttention(PatternAttention):
         return offset < self.window
 
 
+@dataclass
+class StridedConfig(OptionConfig):
+    window: int = knob(32, ge=1, doc="the local band: keys with i - j < window")
+    stride: int = knob(32, ge=1, doc="also keys with (i - j) % stride == 0")
+
+
 @register("attn", "strided")
 class StridedAttention(PatternAttention):
     """The strided sparse pattern of the Sparse Transformer (Child et al. 2019, Sec. 4.2), both heads'
     patterns merged into one: query i sees key j <= i if i - j < window (local) or (i - j) % stride == 0
     (every stride-th earlier position). With window = stride ~ sqrt(T) a query scores ~ 2 sqrt(T) keys."""
 
-    def __init__(self, window: int | None, stride: int | None, dropout: float = 0.0,
-                 softcap: float | None = None):
-        message = self.check_config(window, stride)
-        if message:
-            raise ValueError(message)
-        super().__init__(dropout, softcap)
-        self.window, self.stride = window, stride
+    Config = StridedConfig
 
-    @staticmethod
-    def check_config(attn_window: int | None, attn_stride: int | None) -> str | None:
-        return (_positive_knob("strided", "window", attn_window, "the local band: keys with i - j < window")
-                or _positive_knob("strided", "stride", attn_stride, "also keys with (i - j) % stride == 0"))
-
-    @staticmethod
-    def keys_per_query(context_length: int, window: int, stride: int) -> int:
-        """Offsets 0 <= o < T that the pattern allows: min(window, T) local ones plus the multiples of
-        stride in [window, T)."""
-        local = min(window, context_length)
-        multiples = 0 if local >= context_length else (context_length - 1) // stride - (local - 1) // stride
-        return local + multiples
-
-    @classmethod
-    def flops_per_token(cls, d_model: int, context_length: int, window: int, stride: int) -> int:
-        """Full attention's 2 * 2 * T * d_model with T replaced by the keys a query with a full context
-        scores: min(window, T) + #{multiples of stride in [window, T)}."""
-        return 2 * 2 * cls.keys_per_query(context_length, window, stride) * d_model
+    def __init__(self, cfg: StridedConfig, model: ModelConfig, softcap: float | None = None):
+        super().__init__(cfg, model, softcap)
+        self.window, self.stride = cfg.window, cfg.stride
 
     def pattern(self) -> tuple:
         return (self.window, self.stride)
@@ -200,8 +192,13 @@ class StridedAttention(PatternAttention):
 
 # --- Linear attention -------------------------------------------------------------------------------------------
 
+@dataclass
+class LinearConfig(OptionConfig):
+    chunk_size: int = knob(64, ge=1, doc="tokens per chunk: quadratic inside a chunk, recurrent across chunks")
+
+
 @register("attn", "linear")
-class LinearAttention(nn.Module):
+class LinearAttention(Kernel):
     """Causal linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"):
 
         y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps),  S_i = sum_{j<=i} phi(k_j) v_j^T,  z_i = sum_{j<=i} phi(k_j)
@@ -216,15 +213,14 @@ class LinearAttention(nn.Module):
     `check_config` refuses the last two.
     """
 
-    DEFAULT_CHUNK = 64
+    Config = LinearConfig
+    eps = 1e-6
 
-    def __init__(self, softcap: float | None = None, chunk_size: int = DEFAULT_CHUNK, eps: float = 1e-6):
-        super().__init__()
+    def __init__(self, cfg: LinearConfig, model: ModelConfig, softcap: float | None = None):
+        super().__init__(cfg, model, None)
         if softcap is not None:
             raise ValueError(self._softcap_message(softcap))
-        if chunk_size < 1:
-            raise ValueError(f"attn=linear: chunk_size={chunk_size} must be a positive integer.")
-        self.chunk_size, self.eps = chunk_size, eps
+        self.chunk_size, self.head_dim, self.n_heads = cfg.chunk_size, model.head_dim, model.n_heads
 
     @staticmethod
     def _softcap_message(softcap: float) -> str:
@@ -232,36 +228,29 @@ class LinearAttention(nn.Module):
                 f"attention logits: the two options clash. Use softcap=off (or softcap.attn=null), or a "
                 f"softmax kernel (attn=full, sliding_window, strided).")
 
-    @staticmethod
-    def check_config(pos_name: str, softcap_attn: float | None = None) -> str | None:
-        def biases_scores(name: str) -> bool:
-            return lookup("pos", name).attention_bias is not PositionEncoding.attention_bias
-
-        if biases_scores(pos_name):
-            usable = ", ".join(name for name in options("pos") if not biases_scores(name))
+    @classmethod
+    def check_config(cls, cfg) -> str | None:
+        pos_name = cfg.pos.name
+        if not scores_bias_free(type(cfg.pos).component):
+            usable = ", ".join(name for name in options("pos") if scores_bias_free(lookup("pos", name)))
             return (f"attn=linear cannot use pos={pos_name}: pos={pos_name} adds a bias to the attention "
                     f"scores before the softmax, and linear attention never forms scores (phi(q)·phi(k) has "
                     f"no additive position term): the two options clash. Use attn=linear with a pos option "
                     f"that adds no score bias ({usable}), or a softmax kernel (attn=full, sliding_window, "
                     f"strided) with pos={pos_name}.")
-        if softcap_attn is not None:
-            return LinearAttention._softcap_message(softcap_attn)
+        attn_cap = cfg.softcap.build().attn
+        if attn_cap is not None:
+            return cls._softcap_message(attn_cap)
         return None
 
-    @classmethod
-    def flops_per_token(cls, d_model: int, context_length: int, head_dim: int | None = None,
-                        n_heads: int | None = None, chunk_size: int = DEFAULT_CHUNK) -> int:
+    def score_flops_per_token(self) -> int:
         """Forward FLOPs per token (2 per multiply-add), per head, with C = min(chunk_size, T) and the
         value width head_dim + 1 (the normalizer column):
           phi(k) [v, 1]^T into the state 2 hd (hd+1), phi(q)^T state 2 hd (hd+1),
           intra-chunk scores 2 C hd, intra-chunk scores @ [v, 1] 2 C (hd+1);
-        over d_model / hd heads: 4 d (hd + 1) + 4 C d + 2 C n_heads (full attention: 4 T d).
-        Without head_dim or n_heads (ablate.accounting passes neither yet) hd = min(64, d_model)."""
-        if head_dim is None:
-            head_dim = d_model // n_heads if n_heads else min(64, d_model)
-        heads = d_model // head_dim
-        chunk = min(chunk_size, context_length)
-        return 4 * d_model * (head_dim + 1) + 4 * chunk * d_model + 2 * chunk * heads
+        over d_model / hd heads: 4 d (hd + 1) + 4 C d + 2 C n_heads (full attention: 4 T d)."""
+        d, hd, chunk = self.d_model, self.head_dim, min(self.chunk_size, self.context_length)
+        return 4 * d * (hd + 1) + 4 * chunk * d + 2 * chunk * self.n_heads
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,12 +278,8 @@ class LinearAttention(nn.Module):
 
 @register("qk_norm", "off")
 class NoQKNorm(nn.Module):
-    def __init__(self):
+    def __init__(self, cfg: OptionConfig, make_head_norm: Callable[[], nn.Module]):
         super().__init__()
-
-    @staticmethod
-    def n_params(head_norm_params: int) -> int:
-        return 0
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, k
@@ -304,20 +289,16 @@ class NoQKNorm(nn.Module):
 class QKNorm(nn.Module):
     """The model's norm applied to each head's q and k over head_dim (Dehghani et al. 2023; OLMo 2)."""
 
-    def __init__(self, make_head_norm: Callable[[], nn.Module]):
+    def __init__(self, cfg: OptionConfig, make_head_norm: Callable[[], nn.Module]):
         super().__init__()
         self.q_norm, self.k_norm = make_head_norm(), make_head_norm()
 
     @staticmethod
-    def check_config(norm_name: str) -> str | None:
-        if norm_name == "none":
-            return ("qk_norm=on normalizes q and k with the model's norm, but norm=none is the identity: "
-                    "the two options clash. Choose norm=rms or norm=ln, or qk_norm=off.")
+    def check_config(cfg) -> str | None:
+        if isinstance(cfg.norm.build(dim=2), nn.Identity):
+            return (f"qk_norm=on normalizes q and k with the model's norm, but norm={cfg.norm.name} is the "
+                    f"identity: the two options clash. Choose norm=rms or norm=ln, or qk_norm=off.")
         return None
-
-    @staticmethod
-    def n_params(head_norm_params: int) -> int:
-        return 2 * head_norm_params
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q_norm(q), self.k_norm(k)
@@ -326,24 +307,14 @@ class QKNorm(nn.Module):
 class SelfAttention(nn.Module):
     """Project to q, k, v; normalize and position them; run the kernel; merge heads; project out."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, kernel: str = "full",
-                 bias: bool = False, dropout: float = 0.0, qk_norm: str = "off",
-                 make_head_norm: Callable[[], nn.Module] | None = None, **kernel_options):
+    def __init__(self, model: ModelConfig, kernel: nn.Module, qk_norm: nn.Module):
         super().__init__()
-        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
-        kv_width = n_kv_heads * self.head_dim
-        self.qkv = nn.Linear(d_model, d_model + 2 * kv_width, bias=bias)  # one matmul for q, k, v
-        self.out = nn.Linear(d_model, d_model, bias=bias)
-        self.qk_norm = build("qk_norm", qk_norm, make_head_norm=make_head_norm)
-        self.kernel = build("attn", kernel, dropout=dropout, n_heads=n_heads, head_dim=self.head_dim,
-                            **kernel_options)
-        self.residual_dropout = dropout_layer(dropout)
-
-    @staticmethod
-    def n_params(d_model: int, n_heads: int, n_kv_heads: int, bias: bool = False) -> int:
-        qkv_width = d_model + 2 * n_kv_heads * (d_model // n_heads)
-        return d_model * qkv_width + d_model * d_model + ((qkv_width + d_model) if bias else 0)
+        self.n_heads, self.n_kv_heads, self.head_dim = model.n_heads, model.kv_heads, model.head_dim
+        kv_width = self.n_kv_heads * self.head_dim
+        self.qkv = nn.Linear(model.d_model, model.d_model + 2 * kv_width, bias=model.bias)  # one matmul for q, k, v
+        self.out = nn.Linear(model.d_model, model.d_model, bias=model.bias)
+        self.qk_norm, self.kernel = qk_norm, kernel
+        self.residual_dropout = dropout_layer(model.dropout)
 
     def forward(self, x: torch.Tensor, pos: PositionEncoding) -> torch.Tensor:
         kv_width = self.n_kv_heads * self.head_dim

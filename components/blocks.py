@@ -19,7 +19,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from components.registry import register
+from components.registry import OptionConfig, axis, register
+
+axis("norm_pos", "where block norms sit: before the sublayer, after the residual add, both, or on the output")
+axis("block", "serial (attention, then feed-forward) or parallel (both from the same input) blocks")
 
 Branch = Callable[[torch.Tensor], torch.Tensor]
 MakeNorm = Callable[[], nn.Module]
@@ -31,11 +34,7 @@ class NormPlacement(nn.Module):
     norm_input = norm_output = norm_sum = False
     final_norm = True  # whether the model still needs a norm before the output head
 
-    @classmethod
-    def n_norms(cls, n_branches: int) -> int:
-        return int(cls.norm_input) + n_branches * int(cls.norm_output) + int(cls.norm_sum)
-
-    def __init__(self, make_norm: MakeNorm, n_branches: int = 1):
+    def __init__(self, cfg: OptionConfig, make_norm: MakeNorm, n_branches: int = 1):
         super().__init__()
         self.input_norm = make_norm() if self.norm_input else nn.Identity()
         self.output_norms = nn.ModuleList(
@@ -87,9 +86,7 @@ class OutputNorm(NormPlacement):
 class SerialBlock(nn.Module):
     """x = x + attn(norm x); x = x + mlp(norm x) (norms placed by norm_pos)."""
 
-    residual_branches = (1, 1)  # two residual connections of one branch each
-
-    def __init__(self, attention: nn.Module, feedforward: nn.Module,
+    def __init__(self, cfg: OptionConfig, attention: nn.Module, feedforward: nn.Module,
                  placement: Callable[[int], NormPlacement]):
         super().__init__()
         self.attn, self.mlp = attention, feedforward
@@ -104,9 +101,7 @@ class SerialBlock(nn.Module):
 class ParallelBlock(nn.Module):
     """x + attn(norm x) + mlp(norm x), one shared input norm (GPT-J; Chowdhery et al. 2022)."""
 
-    residual_branches = (2,)  # one residual connection around both sublayers
-
-    def __init__(self, attention: nn.Module, feedforward: nn.Module,
+    def __init__(self, cfg: OptionConfig, attention: nn.Module, feedforward: nn.Module,
                  placement: Callable[[int], NormPlacement]):
         super().__init__()
         self.attn, self.mlp = attention, feedforward

@@ -2,10 +2,12 @@
 
 Every option maps d_model -> d_ff -> d_model. Plain MLPs have two matrices, gated (GLU) ones
 three, so GLU options default to d_ff = 8/3 d_model to keep parameters equal to a 4x MLP
-(Shazeer 2020). `hidden_size` turns `ffn.d_ff_ratio` into d_ff.
+(Shazeer 2020). `cfg.hidden_size(d_model)` turns `ffn.d_ff_ratio` into d_ff; an option is built as
+`Option(cfg, d_model, d_ff, bias, dropout)` (a mixture of experts builds its experts smaller).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -13,7 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.layers import dropout as dropout_layer
-from components.registry import register
+from components.knobs import knob
+from components.registry import OptionConfig, axis, register
+
+axis("ffn", "feed-forward network: gated (GLU) or plain MLP, and its activation")
 
 
 def hidden_size(d_model: int, d_ff_ratio: float, multiple_of: int) -> int:
@@ -21,25 +26,31 @@ def hidden_size(d_model: int, d_ff_ratio: float, multiple_of: int) -> int:
     return max(multiple_of, multiple_of * round(d_ff_ratio * d_model / multiple_of))
 
 
+@dataclass
+class FFNConfig(OptionConfig):
+    d_ff_ratio: float = knob(4.0, gt=0, doc="hidden size d_ff = d_ff_ratio x d_model")
+    multiple_of: int = knob(8, ge=1, doc="d_ff is rounded to a multiple of this")
+
+    def hidden_size(self, d_model: int) -> int:
+        return hidden_size(d_model, self.d_ff_ratio, self.multiple_of)
+
+
+@dataclass
+class GatedFFNConfig(FFNConfig):
+    d_ff_ratio: float = knob(8 / 3, gt=0, doc="hidden size d_ff = d_ff_ratio x d_model (8/3: the parameters of a 4x MLP)")
+
+
 def squared_relu(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x).square()
 
 
-class FeedForward(nn.Module):
-    n_matrices = 2  # d_model x d_ff matrices: parameters and FLOPs scale with this
-    reads = ("d_ff_ratio", "multiple_of")  # the assembly sizes every ffn with them (hidden_size)
-
-    @classmethod
-    def n_params(cls, d_model: int, d_ff: int, bias: bool = False) -> int:
-        return cls.n_matrices * d_model * d_ff + (((cls.n_matrices - 1) * d_ff + d_model) if bias else 0)
-
-
-class MLP(FeedForward):
+class MLP(nn.Module):
     """act(x W1) W2."""
 
+    Config = FFNConfig
     activation = staticmethod(F.gelu)
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, cfg: FFNConfig, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
@@ -49,13 +60,13 @@ class MLP(FeedForward):
         return self.dropout(self.down(self.activation(self.up(x))))
 
 
-class GatedMLP(FeedForward):
+class GatedMLP(nn.Module):
     """(act(x W) * x V) W2 (Dauphin et al. 2017; Shazeer 2020). W and V are one fused matrix."""
 
+    Config = GatedFFNConfig
     activation = staticmethod(F.silu)
-    n_matrices = 3
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, cfg: FFNConfig, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
         self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)

@@ -75,6 +75,12 @@ def value_problem(key: str, value: Any, meta: dict[str, Any]) -> str | None:
     return None
 
 
+def typed(cfg: Any) -> Any:
+    """The typed config object (dataclasses with their methods, lingua's `OmegaConf.to_object`) of a
+    composed DictConfig; a typed object passes through."""
+    return OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+
+
 def schema_of(node: Any) -> type | None:
     """The dataclass a structured config node was built from, or None for a plain node."""
     if not isinstance(node, DictConfig):

@@ -1,50 +1,51 @@
 """Dense or mixture-of-experts feed-forward (the `moe` axis).
 
-A `moe` option is a feed-forward *factory*: `feedforward(make_ffn, d_model, d_ff, ...)` returns
-the module that sits in the block's feed-forward slot, where `make_ffn(hidden)` builds one dense
-`ffn` of the chosen type. `n_params(...)` gives (total, active) parameters in closed form.
+A `moe` option is built as `Option(cfg, make_ffn, d_model, d_ff)` and is the module that sits in
+the block's feed-forward slot, where `make_ffn(hidden)` builds one dense `ffn` of the chosen type.
+A routed module states what a token uses of it (`matmul_weights_per_token`,
+`inactive_params_per_token`), which components.counting reads.
 
 Modules may expose, after each forward, `last_aux_losses` (name -> weighted scalar tensor, added to
 the training loss) and `last_diagnostics` (name -> tensor, logged), which the model collects.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.ffn import hidden_size
-from components.registry import register
+from components.counting import matmul_weights, n_params
+from components.knobs import knob
+from components.registry import OptionConfig, axis, register
+
+axis("moe", "dense feed-forward or a top-k routed mixture of experts")
 
 MakeFFN = Callable[[int], nn.Module]
 
 
 @register("moe", "off")
 class Dense:
-    """The dense feed-forward of the chosen `ffn`, in every block."""
+    """The dense feed-forward of the chosen `ffn`, in every block: building it returns that module itself."""
 
-    reads = ()  # none of the moe.* knobs
-
-    @staticmethod
-    def feedforward(make_ffn: MakeFFN, d_ff: int) -> nn.Module:
+    def __new__(cls, cfg: OptionConfig, make_ffn: MakeFFN, d_model: int, d_ff: int) -> nn.Module:
         return make_ffn(d_ff)
-
-    @staticmethod
-    def n_params(ffn_params: Callable[[int], int], d_ff: int) -> tuple[int, int]:
-        """(total, active) parameters of one block's feed-forward; `ffn_params(hidden)` counts one dense ffn."""
-        params = ffn_params(d_ff)
-        return params, params
-
-    @staticmethod
-    def matmul_params(ffn_matmul_params: Callable[[int], int], d_ff: int, d_model: int) -> int:
-        """Matmul weights one token passes through (for FLOPs)."""
-        return ffn_matmul_params(d_ff)
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class TopKConfig(OptionConfig):
+    n_experts: int = knob(4, ge=1, doc="routed experts (before granularity)")
+    top_k: int = knob(1, ge=1, doc="experts each token is routed to (before granularity)")
+    n_shared: int = knob(0, ge=0, doc="shared experts every token passes through")
+    granularity: int = knob(2, ge=1, doc="each expert split into this many smaller ones")
+    aux_loss: float = knob(0.01, ge=0, doc="load-balancing loss coefficient (0 = off)")
+    router_z_loss: float = knob(0.001, ge=0, doc="router z-loss coefficient (0 = off)")
 
 
 @register("moe", "topk")
@@ -78,72 +79,48 @@ class TopKMoE(nn.Module):
     `last_diagnostics["expert_load"]` is f (E values summing to 1).
     """
 
-    def __init__(self, make_ffn: MakeFFN, d_model: int, d_ff: int, n_experts: int = 8, top_k: int = 2,
-                 n_shared: int = 0, granularity: int = 1, aux_loss: float = 0.01, router_z_loss: float = 0.001):
+    Config = TopKConfig
+
+    def __init__(self, cfg: TopKConfig, make_ffn: MakeFFN, d_model: int, d_ff: int):
         super().__init__()
-        problem = self._problem(n_experts, top_k, n_shared, granularity, aux_loss, router_z_loss, d_ff)
+        problem = self._problem(cfg, d_ff)
         if problem:
             raise ValueError(problem)
-        self.d_model, self.hidden = d_model, d_ff // granularity
-        self.n_routed, self.k = n_experts * granularity, top_k * granularity
-        self.aux_loss, self.router_z_loss = aux_loss, router_z_loss
+        self.d_model, self.hidden = d_model, d_ff // cfg.granularity
+        self.n_routed, self.k = cfg.n_experts * cfg.granularity, cfg.top_k * cfg.granularity
+        self.aux_loss, self.router_z_loss = cfg.aux_loss, cfg.router_z_loss
         self.router = nn.Linear(d_model, self.n_routed, bias=False)
         self.experts = nn.ModuleList(make_ffn(self.hidden) for _ in range(self.n_routed))
-        self.shared = nn.ModuleList(make_ffn(self.hidden) for _ in range(n_shared))
+        self.shared = nn.ModuleList(make_ffn(self.hidden) for _ in range(cfg.n_shared))
         self.last_aux_losses: dict[str, torch.Tensor] = {}
         self.last_diagnostics: dict[str, torch.Tensor] = {}
 
-    @classmethod
-    def feedforward(cls, make_ffn: MakeFFN, d_model: int, d_ff: int, n_experts: int = 8, top_k: int = 2,
-                    n_shared: int = 0, granularity: int = 1, aux_loss: float = 0.01,
-                    router_z_loss: float = 0.001) -> nn.Module:
-        return cls(make_ffn, d_model, d_ff, n_experts=n_experts, top_k=top_k, n_shared=n_shared,
-                   granularity=granularity, aux_loss=aux_loss, router_z_loss=router_z_loss)
+    def matmul_weights_per_token(self) -> float:
+        """Matmul weights one token passes through: the router, k of the routed experts, the shared ones."""
+        experts = self.k * matmul_weights(self.experts[0])
+        return matmul_weights(self.router) + experts + sum(matmul_weights(e) for e in self.shared)
+
+    def inactive_params_per_token(self) -> int:
+        """Parameters of the routed experts a token does not use."""
+        return (self.n_routed - self.k) * n_params(self.experts[0])
 
     @staticmethod
-    def n_params(ffn_params: Callable[[int], int], d_model: int, d_ff: int, n_experts: int = 8, top_k: int = 2,
-                 n_shared: int = 0, granularity: int = 1) -> tuple[int, int]:
-        """(total, active): router d_model * E plus E routed and n_shared shared experts of hidden d_ff / m;
-        a token uses the router, m * top_k routed experts and the shared ones."""
-        n_routed, expert = n_experts * granularity, ffn_params(d_ff // granularity)
-        router = d_model * n_routed
-        return router + (n_routed + n_shared) * expert, router + (top_k * granularity + n_shared) * expert
-
-    @staticmethod
-    def matmul_params(ffn_matmul_params: Callable[[int], int], d_model: int, d_ff: int, n_experts: int = 8,
-                      top_k: int = 2, n_shared: int = 0, granularity: int = 1) -> int:
-        """Matmul weights one token passes through: the router, m * top_k routed and n_shared shared experts."""
-        expert = ffn_matmul_params(d_ff // granularity)
-        return d_model * n_experts * granularity + (top_k * granularity + n_shared) * expert
-
-    @staticmethod
-    def _problem(n_experts, top_k, n_shared, granularity, aux_loss, router_z_loss, d_ff,
-                 d_ff_origin: str = "") -> str | None:
-        if n_experts < 1:
-            return f"moe.n_experts={n_experts} is not allowed: at least 1 expert."
-        if not 1 <= top_k <= n_experts:
-            return (f"moe.top_k={top_k} is not allowed with moe.n_experts={n_experts}: each token is routed to "
-                    f"top_k of the n_experts experts. Allowed top_k: 1 to {n_experts}.")
-        if granularity < 1 or d_ff % granularity:
-            return (f"moe.granularity={granularity} does not divide the feed-forward hidden size d_ff={d_ff}"
-                    f"{d_ff_origin}: each of the granularity x n_experts fine-grained experts has d_ff / granularity "
-                    f"hidden units. Allowed granularity for d_ff={d_ff}: {_divisors(d_ff)}.")
-        if n_shared < 0:
-            return f"moe.n_shared={n_shared} is not allowed: the number of shared experts is 0 or more."
-        for key, value in (("aux_loss", aux_loss), ("router_z_loss", router_z_loss)):
-            if value < 0:
-                return f"moe.{key}={value} is not allowed: a loss coefficient is 0 (off) or positive."
+    def _problem(cfg: TopKConfig, d_ff: int, d_ff_origin: str = "") -> str | None:
+        if cfg.top_k > cfg.n_experts:
+            return (f"moe.top_k={cfg.top_k} is not allowed with moe.n_experts={cfg.n_experts}: each token is "
+                    f"routed to top_k of the n_experts experts. Allowed top_k: 1 to {cfg.n_experts}.")
+        if d_ff % cfg.granularity:
+            return (f"moe.granularity={cfg.granularity} does not divide the feed-forward hidden size d_ff={d_ff}"
+                    f"{d_ff_origin}: each of the granularity x n_experts fine-grained experts has d_ff / "
+                    f"granularity hidden units. Allowed granularity for d_ff={d_ff}: {_divisors(d_ff)}.")
         return None
 
     @classmethod
-    def check_config(cls, moe_n_experts: int, moe_top_k: int, moe_n_shared: int, moe_granularity: int,
-                     moe_aux_loss: float, moe_router_z_loss: float, d_model: int, ffn_d_ff_ratio: float,
-                     ffn_multiple_of: int) -> str | None:
-        d_ff = hidden_size(d_model, ffn_d_ff_ratio, ffn_multiple_of)
-        origin = (f" (model.d_model={d_model} x ffn.d_ff_ratio={ffn_d_ff_ratio:.4g}, rounded to a multiple of "
-                  f"ffn.multiple_of={ffn_multiple_of})")
-        return cls._problem(moe_n_experts, moe_top_k, moe_n_shared, moe_granularity, moe_aux_loss,
-                            moe_router_z_loss, d_ff, origin)
+    def check_config(cls, cfg) -> str | None:
+        d_model, ffn = cfg.model.d_model, cfg.ffn
+        origin = (f" (model.d_model={d_model} x ffn.d_ff_ratio={ffn.d_ff_ratio:.4g}, rounded to a multiple of "
+                  f"ffn.multiple_of={ffn.multiple_of})")
+        return cls._problem(cfg.moe, ffn.hidden_size(d_model), origin)
 
     def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Router logits (N, E) -> gate weights (N, k) float32 and chosen experts (N, k), as Mixtral:

@@ -5,15 +5,26 @@ A position option can act at two places, and each class overrides only the hook 
 - `rotate(q, k)`: applied to queries and keys inside every attention layer (RoPE).
 - `attention_bias(T)`: added to the attention scores of every layer (ALiBi).
 The model holds one instance and hands it to every attention layer, so tables are built once.
+Every option is built as `Option(cfg, model)`: its own settings and the model's shape.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from components.registry import register
+from components.knobs import knob
+from components.registry import OptionConfig, axis, register
+from components.shape import ModelConfig
+
+axis("pos", "position information: rotary, sinusoidal, learned, none or ALiBi")
+
+
+@dataclass
+class ThetaConfig(OptionConfig):
+    theta: float = knob(10000.0, gt=0, doc="base of the geometric sequence of frequencies")
 
 
 class PositionEncoding(nn.Module):
@@ -21,13 +32,8 @@ class PositionEncoding(nn.Module):
 
     max_length: int | None = None  # longest sequence the option can encode; None = unbounded
 
-    def __init__(self):  # an explicit signature: the registry passes only the keywords named here
+    def __init__(self, cfg: OptionConfig, model: ModelConfig):
         super().__init__()
-
-    @staticmethod
-    def n_params(d_model: int, context_length: int) -> int:
-        """Trainable parameters, in closed form (for the accounting in ablate.accounting)."""
-        return 0
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -66,18 +72,21 @@ class SinusoidalPositions(PositionEncoding):
     5.15 with the scale)."""
 
     @staticmethod
-    def check_config(model_scale_embeddings: bool) -> str | None:
-        if model_scale_embeddings:
+    def check_config(cfg) -> str | None:
+        if cfg.model.scale_embeddings:
             return ("pos=sinusoidal already multiplies the token embeddings by sqrt(d_model) (Vaswani et al. "
                     "2017); model.scale_embeddings=true would scale them twice. Use model.scale_embeddings=false "
                     "with pos=sinusoidal, or another pos option (rope, learned, nope, alibi).")
         return None
 
-    def __init__(self, d_model: int, context_length: int, theta: float = 10000.0):
-        super().__init__()
-        self.register_buffer("table", sinusoid_table(context_length, d_model, theta), persistent=False)
-        self.max_length = context_length
-        self.embed_scale = d_model ** 0.5
+    Config = ThetaConfig
+
+    def __init__(self, cfg: ThetaConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.register_buffer("table", sinusoid_table(model.context_length, model.d_model, cfg.theta),
+                             persistent=False)
+        self.max_length = model.context_length
+        self.embed_scale = model.d_model ** 0.5
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.embed_scale + self.table[: x.shape[1]].to(x.dtype)
@@ -87,14 +96,10 @@ class SinusoidalPositions(PositionEncoding):
 class LearnedPositions(PositionEncoding):
     """One trained vector per absolute position, added to the embeddings (GPT-2)."""
 
-    def __init__(self, d_model: int, context_length: int, init_std: float = 0.02):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(context_length, d_model) * init_std)
-        self.max_length = context_length
-
-    @staticmethod
-    def n_params(d_model: int, context_length: int) -> int:
-        return context_length * d_model
+    def __init__(self, cfg: OptionConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.weight = nn.Parameter(torch.randn(model.context_length, model.d_model) * model.init_std)
+        self.max_length = model.context_length
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.weight[: x.shape[1]].to(x.dtype)
@@ -115,18 +120,21 @@ class RoPE(PositionEncoding):
     has no hard length limit.
     """
 
+    Config = ThetaConfig
+
     @staticmethod
-    def check_config(head_dim: int, d_model: int, n_heads: int) -> str | None:
-        if head_dim % 2:
-            return (f"pos=rope needs an even head dimension, but model.d_model={d_model} / "
-                    f"model.n_heads={n_heads} = {head_dim}. Allowed: an n_heads that leaves an even "
+    def check_config(cfg) -> str | None:
+        m = cfg.model
+        if m.head_dim % 2:
+            return (f"pos=rope needs an even head dimension, but model.d_model={m.d_model} / "
+                    f"model.n_heads={m.n_heads} = {m.head_dim}. Allowed: an n_heads that leaves an even "
                     f"d_model / n_heads, or another pos option (sinusoidal, learned, nope).")
         return None
 
-    def __init__(self, head_dim: int, context_length: int, theta: float = 10000.0):
-        super().__init__()
-        self.head_dim, self.theta = head_dim, theta
-        self._build(context_length)
+    def __init__(self, cfg: ThetaConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.head_dim, self.theta = model.head_dim, cfg.theta
+        self._build(model.context_length)
 
     def _build(self, length: int) -> None:
         inv_freq = self.theta ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
@@ -160,18 +168,11 @@ def alibi_slopes(n_heads: int) -> list[float]:
 class ALiBi(PositionEncoding):
     """Attention with Linear Biases (Press et al. 2022): no embedding, no rotation; head h adds
     -slope_h * (i - j) to the score of query i on key j, so attention decays linearly with distance at a
-    per-head rate. The bias depends only on distances, so ALiBi has no length limit.
+    per-head rate. The bias depends only on distances, so ALiBi has no length limit."""
 
-    Takes n_heads; when the assembly passes only d_model and head_dim it uses d_model // head_dim
-    (the same number: validate guarantees n_heads divides d_model)."""
-
-    def __init__(self, n_heads: int | None = None, d_model: int | None = None, head_dim: int | None = None):
-        super().__init__()
-        if n_heads is None:
-            if d_model is None or head_dim is None:
-                raise ValueError("pos=alibi needs n_heads (or d_model and head_dim) to give each head a slope.")
-            n_heads = d_model // head_dim
-        self.n_heads = n_heads
+    def __init__(self, cfg: OptionConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.n_heads = n_heads = model.n_heads
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads), dtype=torch.float32), persistent=False)
         self._bias: dict[tuple[int, torch.device], torch.Tensor] = {}
 

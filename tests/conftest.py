@@ -1,8 +1,6 @@
 """Shared fixtures: an isolated cache, W&B off, and config composition without a command line."""
 from __future__ import annotations
 
-import copy
-import functools
 import os
 import sys
 from pathlib import Path
@@ -23,26 +21,17 @@ os.environ.setdefault("ABLATE_CACHE", str(Path(os.environ.get("PYTEST_CACHE_ROOT
 
 def hydra_compose_once(*overrides: str):
     """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from ablate.config import compose as hydra_compose
 
-    import ablate.config  # noqa: F401  (registers the schema)
-
-    if not GlobalHydra.instance().is_initialized():  # initialize once per session: composing is then cheap
-        initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None)
-    return hydra_compose("config", overrides=list(overrides))
-
-
-@functools.lru_cache(maxsize=None)
-def _cached_compose(overrides: tuple[str, ...]):
-    return hydra_compose_once(*overrides)
+    return hydra_compose(*overrides)
 
 
 def compose(*overrides: str):
     """Like `hydra_compose_once`, but fast for grids: Hydra composes the non-group overrides once
     (cached) and each plain `group=option` is then loaded from its YAML into the typed node, which
     is what Hydra's defaults list does for these option files (tests check the two agree)."""
+    from ablate.config import with_option
+
     groups, rest = {}, []
     for override in overrides:
         key, _, value = override.partition("=")
@@ -50,14 +39,15 @@ def compose(*overrides: str):
             groups[key] = value
         else:
             rest.append(override)
-    cfg = copy.deepcopy(_cached_compose(tuple(rest)))
+    def switched(override: str) -> bool:  # a knob of a group this call switches: set after the switch
+        return override.partition("=")[0].split(".")[0] in groups
+
+    cfg = hydra_compose_once(*(o for o in rest if not switched(o)))
     for group, option in groups.items():
-        schema = OmegaConf.structured(OmegaConf.get_type(cfg, group))
-        cfg[group] = OmegaConf.merge(schema, OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml"))
-    for override in rest:  # key=value overrides win over option files, as on the command line
+        cfg = with_option(cfg, group, option)
+    for override in filter(switched, rest):  # key=value overrides win over option files, as on the command line
         key, _, value = override.partition("=")
-        if key.split(".")[0] in groups:
-            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
     return cfg
 
 

@@ -9,15 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dataclasses
+
+from hydra.errors import HydraException
+
 from ablate.accounting import count
 from ablate.model import Transformer
-from components.registry import knobs
 from ablate.validate import ConfigError, check
-from components.attention import (FullCausalAttention, LinearAttention, SlidingWindowAttention,
-                                  StridedAttention)
-from components.positional import ALiBi
-from components.registry import build, options
-from tests.conftest import compose
+from components.registry import config_of, option, options
+from components.shape import ModelConfig
+from tests.conftest import compose, hydra_compose_once
 
 VOCAB = 97
 
@@ -83,10 +84,16 @@ def reference_linear(q, k, v, eps=1e-6):
     return (a @ v) / (a.sum(-1, keepdim=True) + eps)
 
 
-def kernel(name: str, n_heads: int = 4, head_dim: int = 8, **overrides):
-    """A kernel built as the model builds it, with its YAML knobs (overridable)."""
-    available = dict(dropout=0.0, n_heads=n_heads, head_dim=head_dim, softcap=None, context_length=64)
-    return build("attn", name, **{**available, **knobs(compose(f"attn={name}").attn), **overrides})
+def kernel(name: str, softcap: float | None = None, d_model: int = 32, n_heads: int = 4, context_length: int = 64,
+           **settings):
+    """A kernel built as the model builds it, from its own config with those of `settings` it has."""
+    own = {f.name for f in dataclasses.fields(config_of("attn", name))}
+    model = ModelConfig(d_model=d_model, n_heads=n_heads, context_length=context_length)
+    return option("attn", name, **{k: v for k, v in settings.items() if k in own}).build(model, softcap=softcap)
+
+
+def alibi(n_heads: int):
+    return option("pos", "alibi").build(ModelConfig(d_model=8 * n_heads, n_heads=n_heads))
 
 
 # --- sliding window and strided ------------------------------------------------------------------
@@ -94,44 +101,49 @@ def kernel(name: str, n_heads: int = 4, head_dim: int = 8, **overrides):
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 def test_sliding_window_at_least_T_equals_full_attention(n_kv_heads):
     q, k, v = qkv(13, n_kv_heads=n_kv_heads)
-    full = FullCausalAttention()(q, k, v)
+    full = kernel("full")(q, k, v)
     for window in (13, 50):
-        torch.testing.assert_close(SlidingWindowAttention(window=window)(q, k, v), full)
+        torch.testing.assert_close(kernel("sliding_window", window=window)(q, k, v), full)
 
 
 @pytest.mark.parametrize("T,window,n_kv_heads", [(13, 1, 4), (13, 4, 2), (20, 7, 1)])
 def test_sliding_window_equals_reference(T, window, n_kv_heads):
     q, k, v = qkv(T, n_kv_heads=n_kv_heads)
-    out = SlidingWindowAttention(window=window)(q, k, v)
+    out = kernel("sliding_window", window=window)(q, k, v)
     torch.testing.assert_close(out, reference_softmax(q, k, v, window_mask(T, window)))
-    assert not torch.allclose(out, FullCausalAttention()(q, k, v))  # the window does cut something
+    assert not torch.allclose(out, kernel("full")(q, k, v))  # the window does cut something
     if window == 1:  # only itself: the output is the own value
         torch.testing.assert_close(out, expand(v, 4))
 
 
 @pytest.mark.parametrize("T,window,stride", [(10, 3, 4), (17, 2, 5), (16, 4, 4), (9, 1, 2), (7, 9, 3)])
 def test_strided_mask_equals_its_definition(T, window, stride):
-    attention = StridedAttention(window=window, stride=stride)
+    attention = kernel("strided", window=window, stride=stride, context_length=T)
     expected = strided_brute_force(T, window, stride)
     assert torch.equal(attention.mask(T, torch.device("cpu")), expected)
     # its FLOP count scores exactly the keys of the last (full-context) row
-    assert StridedAttention.keys_per_query(T, window, stride) == int(expected[-1].sum())
+    assert attention.keys_per_query() == int(expected[-1].sum())
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 def test_strided_output_equals_reference(n_kv_heads):
     q, k, v = qkv(19, n_kv_heads=n_kv_heads)
-    out = StridedAttention(window=3, stride=4)(q, k, v)
+    out = kernel("strided", window=3, stride=4)(q, k, v)
     torch.testing.assert_close(out, reference_softmax(q, k, v, strided_brute_force(19, 3, 4)))
 
 
 def test_pattern_masks_are_cached_and_flops_follow_the_pattern():
-    attention = SlidingWindowAttention(window=4)
-    assert attention.mask(12, torch.device("cpu")) is SlidingWindowAttention(window=4).mask(12, torch.device("cpu"))
-    full = FullCausalAttention.flops_per_token(64, 128)
-    assert SlidingWindowAttention.flops_per_token(64, 128, window=32) == full // 4
-    assert SlidingWindowAttention.flops_per_token(64, 128, window=500) == full
-    assert StridedAttention.flops_per_token(64, 128, window=16, stride=16) == 4 * 64 * (16 + 7)
+    attention = kernel("sliding_window", window=4)
+    assert attention.mask(12, torch.device("cpu")) is kernel("sliding_window", window=4).mask(12, torch.device("cpu"))
+
+    def flops(name, **settings):
+        return kernel(name, d_model=64, context_length=128, **settings).score_flops_per_token()
+
+    full = flops("full")
+    assert full == 2 * 2 * 128 * 64
+    assert flops("sliding_window", window=32) == full // 4
+    assert flops("sliding_window", window=500) == full
+    assert flops("strided", window=16, stride=16) == 4 * 64 * (16 + 7)
 
 
 # --- linear attention ------------------------------------------------------------------------------
@@ -140,14 +152,14 @@ def test_pattern_masks_are_cached_and_flops_follow_the_pattern():
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
 def test_linear_attention_equals_its_quadratic_form(T, chunk, n_kv_heads):
     q, k, v = qkv(T, n_kv_heads=n_kv_heads, d=6)
-    out = LinearAttention(chunk_size=chunk)(q, k, v)
+    out = kernel("linear", chunk_size=chunk)(q, k, v)
     assert out.shape == q.shape
     torch.testing.assert_close(out, reference_linear(q, k, v), rtol=1e-5, atol=1e-5)
 
 
 def test_linear_attention_chunking_does_not_change_the_result_and_gradients_flow():
     q, k, v = (x.requires_grad_() for x in qkv(23, n_kv_heads=2))
-    outs = [LinearAttention(chunk_size=c)(q, k, v) for c in (1, 5, 23, 64)]
+    outs = [kernel("linear", chunk_size=c)(q, k, v) for c in (1, 5, 23, 64)]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], rtol=1e-5, atol=1e-5)
     (outs[1] ** 2).sum().backward()
@@ -162,41 +174,42 @@ def test_linear_attention_chunking_does_not_change_the_result_and_gradients_flow
 def test_linear_attention_refuses_bias_and_softcap_when_built_directly():
     q, k, v = qkv(6)
     with pytest.raises(ValueError, match="alibi"):
-        LinearAttention()(q, k, v, bias=ALiBi(n_heads=4).attention_bias(6, q.device))
+        kernel("linear")(q, k, v, bias=alibi(4).attention_bias(6, q.device))
     with pytest.raises(ValueError, match="softcap"):
-        LinearAttention(softcap=50.0)
+        kernel("linear", softcap=50.0)
 
 
 def test_linear_attention_flops_are_linear_in_context():
     d, hd = 128, 32
-    f = lambda t: LinearAttention.flops_per_token(d, t, head_dim=hd, chunk_size=64)  # noqa: E731
+
+    def f(t, name="linear"):
+        return kernel(name, d_model=d, n_heads=d // hd, context_length=t, chunk_size=64).score_flops_per_token()
+
     assert f(4096) == f(64) == 4 * d * (hd + 1) + 4 * 64 * d + 2 * 64 * (d // hd)
-    assert f(32) < f(64) and f(4096) < FullCausalAttention.flops_per_token(d, 4096) / 10
-    assert LinearAttention.flops_per_token(d, 64, n_heads=4) == f(64)
+    assert f(32) < f(64) and f(4096) < f(4096, "full") / 10
 
 
 # --- ALiBi and soft-capping --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_heads", [1, 2, 4, 8, 6, 12])
 def test_alibi_bias_matches_the_reference_slopes(n_heads):
-    alibi, T = ALiBi(n_heads=n_heads), 9
-    bias = alibi.attention_bias(T, torch.device("cpu"))
-    assert bias.shape == (n_heads, T, T) and alibi.max_length is None
+    pos, T = alibi(n_heads), 9
+    bias = pos.attention_bias(T, torch.device("cpu"))
+    assert bias.shape == (n_heads, T, T) and pos.max_length is None
     slopes = reference_get_slopes(n_heads)
     for h in range(n_heads):
         for i in range(T):
             for j in range(i + 1):
                 assert bias[h, i, j].item() == pytest.approx(-slopes[h] * (i - j), rel=1e-6, abs=1e-7)
-    assert alibi.attention_bias(T, torch.device("cpu")) is bias  # cached
-    assert ALiBi(d_model=8 * n_heads, head_dim=8).n_heads == n_heads  # as the assembly builds it
+    assert pos.attention_bias(T, torch.device("cpu")) is bias  # cached
 
 
 def test_full_attention_with_alibi_equals_reference():
     q, k, v = qkv(11, n_kv_heads=2)
-    bias = ALiBi(n_heads=4).attention_bias(11, q.device)
-    out = FullCausalAttention()(q, k, v, bias=bias)
+    bias = alibi(4).attention_bias(11, q.device)
+    out = kernel("full")(q, k, v, bias=bias)
     torch.testing.assert_close(out, reference_softmax(q, k, v, causal(11), bias=bias))
-    assert not torch.allclose(out, FullCausalAttention()(q, k, v))
+    assert not torch.allclose(out, kernel("full")(q, k, v))
 
 
 @pytest.mark.parametrize("name", ["full", "sliding_window", "strided"])
@@ -205,7 +218,7 @@ def test_softcap_caps_the_scores(name):
     q = q * 4  # large scores, so the cap matters
     capped = kernel(name, window=5, stride=3, softcap=2.0)
     allowed = kernel(name, window=5, stride=3).mask(12, q.device) if name != "full" else causal(12)
-    bias = ALiBi(n_heads=4).attention_bias(12, q.device)
+    bias = alibi(4).attention_bias(12, q.device)
     for b in (None, bias):
         out = capped(q, k, v, bias=b)
         torch.testing.assert_close(out, reference_softmax(q, k, v, allowed, bias=b, cap=2.0))
@@ -222,7 +235,7 @@ def test_softcap_caps_the_scores(name):
 def test_every_kernel_is_causal(name, with_alibi, n_kv_heads):
     T, t = 21, 9
     attention = kernel(name, window=4, stride=3, chunk_size=4)
-    bias = ALiBi(n_heads=4).attention_bias(T, torch.device("cpu")) if with_alibi else None
+    bias = alibi(4).attention_bias(T, torch.device("cpu")) if with_alibi else None
     q, k, v = qkv(T, n_kv_heads=n_kv_heads)
     before = attention(q, k, v, bias=bias)
     q2, k2, v2 = (x.clone() for x in (q, k, v))
@@ -238,16 +251,25 @@ def test_every_kernel_is_causal(name, with_alibi, n_kv_heads):
 @pytest.mark.parametrize("overrides,names", [
     (("attn=linear", "pos=alibi"), ("attn=linear", "pos=alibi")),
     (("attn=linear", "softcap=on"), ("attn=linear", "softcap")),
-    (("attn=linear", "pos=rope", "softcap.attn=20.0"), ("attn=linear", "softcap.attn=20.0")),
-    (("attn=sliding_window", "attn.window=null"), ("attn=sliding_window", "attn.window=null")),
-    (("attn=sliding_window", "attn.window=0"), ("attn=sliding_window", "attn.window=0")),
-    (("attn=strided", "attn.stride=null"), ("attn=strided", "attn.stride=null")),
+    (("attn=linear", "pos=rope", "softcap=on", "softcap.attn=20.0", "softcap.logits=null"),
+     ("attn=linear", "softcap.attn=20.0")),
+    (("attn=sliding_window", "attn.window=0"), ("attn.window=0", ">= 1")),
+    (("attn=strided", "attn.stride=-2"), ("attn.stride=-2", ">= 1")),
 ])
-def test_clashing_options_are_refused_naming_both(overrides, names):
+def test_clashing_options_and_bad_knobs_are_refused_naming_them(overrides, names):
     with pytest.raises(ConfigError) as error:
         check(compose("model=micro", *overrides))
     for name in names:
         assert name in str(error.value)
+
+
+@pytest.mark.parametrize("overrides", [("attn=sliding_window", "attn.window=null"), ("attn=strided", "attn.stride=null"),
+                                       ("attn=full", "attn.window=8")])
+def test_a_missing_or_foreign_window_fails_at_composition(overrides):
+    """A window is an int of the options that have one: null, or a window on attn=full, is refused by
+    the option's own schema before anything runs."""
+    with pytest.raises(HydraException, match="attn"):
+        hydra_compose_once("model=micro", *overrides)
 
 
 # --- the whole model ------------------------------------------------------------------------------------

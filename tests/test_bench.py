@@ -12,8 +12,12 @@ import time
 import pytest
 import torch
 
-from ablate import bench, bench_configs, bench_sections
-from ablate.bench_peers import copy_from_ours, nanogpt_like
+from ablate.bench import configs as bench_configs
+from ablate.bench import core
+from ablate.bench import sections as bench_sections
+from ablate.bench import main as bench
+from ablate.bench.peers import copy_from_ours, nanogpt_like
+from components.registry import axes, options
 from tests.conftest import POEMS
 
 HAVE_HF = importlib.util.find_spec("transformers") is not None
@@ -46,7 +50,7 @@ def test_json_has_machine_peak_and_one_row_per_model_and_dtype(models_run):
         for key, kind in ROW_TYPES.items():
             assert isinstance(row[key], kind), (key, row[key])
         assert row["shape"] == "tiny" and row["steps"] == 2
-        assert row["kind"] == ("peer" if row["model"] in bench.PEERS else "ours")
+        assert row["kind"] == ("peer" if row["model"] in core.PEERS else "ours")
         assert row["tokens_per_s"] == pytest.approx(bench.SHAPES["tiny"].tokens / (row["step_ms"] / 1e3))
         peak = result["peak_gflops"][row["dtype"]]
         assert row["mfu"] == pytest.approx(row["flops_per_token"] * row["tokens_per_s"] / (peak * 1e9))
@@ -78,7 +82,7 @@ def test_peers_compute_the_same_function_as_our_presets(models_run):
     parameter and FLOP counts are ours."""
     _, result = models_run
     rows = {(r["model"], r["dtype"]): r for r in result["rows"]}
-    for peer, preset in bench.PEER_OF.items():
+    for peer, preset in core.PEER_OF.items():
         if (peer, "fp32") in rows:
             ours, theirs = rows[preset, "fp32"], rows[peer, "fp32"]
             assert theirs["first_loss"] == pytest.approx(ours["first_loss"], abs=1e-5)
@@ -88,7 +92,7 @@ def test_peers_compute_the_same_function_as_our_presets(models_run):
 
 def test_the_printed_table_names_every_model(models_run, capsys):
     _, result = models_run
-    from ablate.bench_report import report
+    from ablate.bench.report import report
 
     text = report(result)
     for row in result["rows"]:
@@ -100,11 +104,11 @@ def test_nanogpt_peer_gives_our_gpt2_logits_and_the_same_adamw_step():
     """The plain GPT with our weights copied is our gpt2 preset: equal logits, and after one identical
     training step (bench's Candidate.step: loss, backward, clip, AdamW) still equal logits."""
     shape, device = bench.SHAPES["tiny"], torch.device("cpu")
-    ours = bench.make_candidate("gpt2", "ours", "tiny", shape, "fp32", device, preset="gpt2")
-    peer = bench.make_candidate("nanogpt", "peer", "tiny", shape, "fp32", device)
-    x, y = bench.make_batches(shape, 1, device)[0]
+    ours = core.make_candidate("gpt2", "ours", "tiny", shape, "fp32", device, preset="gpt2")
+    peer = core.make_candidate("nanogpt", "peer", "tiny", shape, "fp32", device)
+    x, y = core.make_batches(shape, 1, device)[0]
     assert ours.params == peer.params == sum(p.numel() for p in copy_from_ours(
-        nanogpt_like(bench.preset_config("gpt2", shape), shape.vocab), ours.model).parameters())
+        nanogpt_like(bench_configs.preset_config("gpt2", shape), shape.vocab), ours.model).parameters())
     with torch.no_grad():
         torch.testing.assert_close(peer.model(x), ours.model(x), atol=1e-5, rtol=1e-5)
     ours.step(x, y)
@@ -121,23 +125,19 @@ def test_component_configs_equal_hydra_composition(axis, option):
     from omegaconf import OmegaConf
 
     shape = bench.SHAPES["tiny"]
-    fast = bench_configs.with_option(bench.preset_config(None, shape), axis, option)
-    plain = bench.preset_config(None, shape, [f"{axis}={option}"])
+    fast = bench_configs.with_option(bench_configs.preset_config(None, shape), axis, option)
+    plain = bench_configs.preset_config(None, shape, [f"{axis}={option}"])
     assert OmegaConf.to_container(fast) == OmegaConf.to_container(plain)
 
 
 def test_components_lists_every_option_of_every_axis(tmp_path):
-    from components.registry import AXIS_MODULES, options
-
     path = tmp_path / "components.json"
     result = bench.main([*FAST, "--components", "--steps", "1", "--warmup", "0", "--json", str(path)])
     rows = json.loads(path.read_text())["components"]
     assert rows == json.loads(json.dumps(result["components"]))
     listed = {(r["axis"], r["option"]) for r in rows}
-    assert listed == {(a, o) for a in bench.ARCH_AXES for o in bench_sections.axis_options(a)}
-    for axis in bench.ARCH_AXES:
-        if axis in AXIS_MODULES:
-            assert set(options(axis)) <= {o for a, o in listed if a == axis}
+    assert listed == {(a, o) for a in axes("model") for o in options(a)}
+    for axis in axes("model"):
         assert sum(r["default"] for r in rows if r["axis"] == axis) == 1
     default_tps = next(r for r in rows if r["default"])["tokens_per_s"]
     for row in rows:

@@ -9,12 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ablate.accounting import count
+from ablate.config import typed
 from ablate.model import Transformer
 from ablate.train import loss_terms
 from ablate.validate import ConfigError, check
+from components.registry import axes
 from tests.conftest import ROOT, compose
 
-ARCHITECTURE_GROUPS = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap", "z_loss", "moe")
+ARCHITECTURE_GROUPS = axes("model")
 
 
 def option_files(group: str) -> list[str]:
@@ -51,7 +53,7 @@ def test_every_combination_trains_or_is_refused_with_a_message(overrides):
     idx = torch.randint(0, vocab, (2, cfg.model.context_length + 1))
     logits = model(idx[:, :-1])
     assert logits.shape == (2, cfg.model.context_length, vocab)
-    terms = loss_terms(model, logits, idx[:, 1:], cfg.z_loss.coef)
+    terms = loss_terms(model, typed(cfg).z_loss.build(), logits, idx[:, 1:])
     loss = sum(terms.values())
     loss.backward()
     assert math.isfinite(loss.item())

@@ -8,11 +8,32 @@ import torch
 import torch.nn.functional as F
 
 from components.attention import SelfAttention
-from components.blocks import DoubleNorm, ParallelBlock, PostNorm, PreNorm, SerialBlock
-from components.ffn import GELUMLP, ReLUMLP, SwiGLU, hidden_size
-from components.norms import LayerNorm, NoNorm, RMSNorm
-from components.positional import NoPositionEncoding, RoPE, sinusoid_table
-from components.registry import UnknownOption, build, options
+from components.counting import n_params
+from components.ffn import hidden_size
+from components.positional import sinusoid_table
+from components.registry import UnknownOption, option, options
+from components.shape import ModelConfig
+
+
+def RMSNorm(dim, eps=1e-5):  # noqa: N802  (the options as their registered classes build them)
+    return option("norm", "rms", eps=eps).build(dim)
+
+
+def ffn(name, d_model, d_ff):
+    return option("ffn", name).build(d_model, d_ff)
+
+
+def block(name, attention, feedforward, placement):
+    return option("block", name).build(attention, feedforward, placement)
+
+
+def self_attention(d_model, n_heads, n_kv_heads):
+    m = ModelConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads)
+    return SelfAttention(m, kernel=option("attn", "full").build(m), qk_norm=option("qk_norm", "off").build(None))
+
+
+def no_positions():
+    return option("pos", "nope").build(ModelConfig())
 
 torch.manual_seed(0)
 
@@ -20,7 +41,7 @@ torch.manual_seed(0)
 def test_registry_lists_options_and_refuses_unknown_names():
     assert {"rms", "ln", "none"} <= set(options("norm"))
     with pytest.raises(UnknownOption, match=r"norm='batch'.*valid choices: ln, none, rms"):
-        build("norm", "batch", dim=4)
+        option("norm", "batch")
 
 
 def test_rmsnorm_matches_formula():
@@ -31,19 +52,19 @@ def test_rmsnorm_matches_formula():
 
 
 def test_layernorm_matches_formula_with_bias():
-    x, norm = torch.randn(3, 5, 16), LayerNorm(16, eps=1e-5, bias=True)
+    x, norm = torch.randn(3, 5, 16), option("norm", "ln", eps=1e-5).build(16, bias=True)
     norm.weight.data, norm.bias.data = torch.randn(16), torch.randn(16)
     mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
     torch.testing.assert_close(norm(x), (x - mean) / torch.sqrt(var + 1e-5) * norm.weight + norm.bias)
-    assert NoNorm(16)(x) is x
+    assert option("norm", "none").build(16)(x) is x
 
 
 def test_ffn_formulas():
     x = torch.randn(2, 3, 8)
-    swiglu = SwiGLU(8, 12)
+    swiglu = ffn("swiglu", 8, 12)
     w, v = swiglu.gate_up.weight[:12], swiglu.gate_up.weight[12:]
     torch.testing.assert_close(swiglu(x), (F.silu(x @ w.T) * (x @ v.T)) @ swiglu.down.weight.T)
-    relu, gelu = ReLUMLP(8, 32), GELUMLP(8, 32)
+    relu, gelu = ffn("relu", 8, 32), ffn("gelu", 8, 32)
     torch.testing.assert_close(relu(x), torch.relu(x @ relu.up.weight.T) @ relu.down.weight.T)
     exact_gelu = lambda z: 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))  # noqa: E731
     torch.testing.assert_close(gelu(x), exact_gelu(x @ gelu.up.weight.T) @ gelu.down.weight.T)
@@ -51,8 +72,8 @@ def test_ffn_formulas():
 
 def test_glu_hidden_size_keeps_parameters_equal_to_a_4x_mlp():
     d = 384
-    glu = SwiGLU.n_params(d, hidden_size(d, 8 / 3, 8))
-    mlp = ReLUMLP.n_params(d, hidden_size(d, 4.0, 8))
+    glu = n_params(ffn("swiglu", d, hidden_size(d, 8 / 3, 8)))
+    mlp = n_params(ffn("relu", d, hidden_size(d, 4.0, 8)))
     assert hidden_size(d, 8 / 3, 8) == 1024 and glu == mlp
     assert hidden_size(128, 8 / 3, 8) == 344  # 341.3 rounds to the nearest multiple of 8
 
@@ -68,7 +89,7 @@ def test_sinusoid_table_formula():
 
 def test_rope_scores_depend_only_on_the_offset():
     """<R_m q, R_n k> = <R_{m+s} q, R_{n+s} k>: rotate the same q, k at shifted positions."""
-    rope, head_dim = RoPE(head_dim=16, context_length=64), 16
+    rope, head_dim = option("pos", "rope").build(ModelConfig(d_model=32, n_heads=2, context_length=64)), 16
     q, k = torch.randn(head_dim), torch.randn(head_dim)
 
     def score(m: int, n: int) -> float:
@@ -84,7 +105,7 @@ def test_rope_scores_depend_only_on_the_offset():
 
 
 def test_rope_extends_beyond_its_table():
-    rope = RoPE(head_dim=8, context_length=4)
+    rope = option("pos", "rope").build(ModelConfig(d_model=16, n_heads=2, context_length=4))
     q = torch.randn(1, 1, 10, 8)
     rq, _ = rope.rotate(q, q)
     torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))
@@ -107,26 +128,26 @@ def reference_attention(x, attention: SelfAttention) -> torch.Tensor:
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
 def test_attention_matches_reference_for_mha_gqa_mqa(n_kv_heads):
-    attention = SelfAttention(d_model=32, n_heads=4, n_kv_heads=n_kv_heads)
+    attention = self_attention(32, 4, n_kv_heads)
     x = torch.randn(2, 9, 32)
-    torch.testing.assert_close(attention(x, NoPositionEncoding()), reference_attention(x, attention),
+    torch.testing.assert_close(attention(x, no_positions()), reference_attention(x, attention),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_gqa_with_all_kv_heads_equals_torch_multihead_attention():
     """n_kv_heads == n_heads is plain MHA: compare with torch.nn.MultiheadAttention, same weights."""
-    ours = SelfAttention(d_model=32, n_heads=4, n_kv_heads=4)
+    ours = self_attention(32, 4, 4)
     mha = torch.nn.MultiheadAttention(32, 4, bias=False, batch_first=True)
     mha.in_proj_weight.data.copy_(ours.qkv.weight)  # both stack q, k, v along the output dimension
     mha.out_proj.weight.data.copy_(ours.out.weight)
     x = torch.randn(2, 7, 32)
     causal = torch.triu(torch.ones(7, 7, dtype=torch.bool), 1)
     expected, _ = mha(x, x, x, attn_mask=causal, need_weights=False)
-    torch.testing.assert_close(ours(x, NoPositionEncoding()), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(x, no_positions()), expected, rtol=1e-5, atol=1e-5)
 
 
-def make_placement(cls, d=8):
-    return lambda n_branches: cls(lambda: RMSNorm(d), n_branches=n_branches)
+def make_placement(name, d=8):
+    return lambda n_branches: option("norm_pos", name).build(lambda: RMSNorm(d), n_branches)
 
 
 def test_block_formulas():
@@ -136,23 +157,23 @@ def test_block_formulas():
     attn = lambda h, pos: f(h)  # noqa: E731  (a stand-in sublayer with the attention signature)
     rms = lambda z: F.rms_norm(z, (d,), eps=1e-5)  # noqa: E731  (all gains are 1 at init)
 
-    serial_pre = SerialBlock(attn, g, make_placement(PreNorm))
+    serial_pre = block("serial", attn, g, make_placement("pre"))
     h = x + f(rms(x))
     torch.testing.assert_close(serial_pre(x, None), h + g(rms(h)))
 
-    serial_post = SerialBlock(attn, g, make_placement(PostNorm))
+    serial_post = block("serial", attn, g, make_placement("post"))
     h = rms(x + f(x))
     torch.testing.assert_close(serial_post(x, None), rms(h + g(h)))
 
-    serial_double = SerialBlock(attn, g, make_placement(DoubleNorm))
+    serial_double = block("serial", attn, g, make_placement("double"))
     h = x + rms(f(rms(x)))
     torch.testing.assert_close(serial_double(x, None), h + rms(g(rms(h))))
 
-    parallel_pre = ParallelBlock(attn, g, make_placement(PreNorm))
+    parallel_pre = block("parallel", attn, g, make_placement("pre"))
     torch.testing.assert_close(parallel_pre(x, None), x + f(rms(x)) + g(rms(x)))
     assert sum(p.numel() for p in parallel_pre.residual.parameters()) == d  # one shared input norm
 
-    parallel_post = ParallelBlock(attn, g, make_placement(PostNorm))
+    parallel_post = block("parallel", attn, g, make_placement("post"))
     torch.testing.assert_close(parallel_post(x, None), rms(x + f(x) + g(x)))
 
 
@@ -165,22 +186,22 @@ def test_block_formulas():
 ])
 def test_more_ffn_formulas(name, act, gated):
     x = torch.randn(2, 3, 8)
-    ffn = build("ffn", name, d_model=8, d_ff=12)
+    layer = ffn(name, 8, 12)
     if gated:
-        w, v = ffn.gate_up.weight[:12], ffn.gate_up.weight[12:]
-        expected = (act(x @ w.T) * (x @ v.T)) @ ffn.down.weight.T
+        w, v = layer.gate_up.weight[:12], layer.gate_up.weight[12:]
+        expected = (act(x @ w.T) * (x @ v.T)) @ layer.down.weight.T
     else:
-        expected = act(x @ ffn.up.weight.T) @ ffn.down.weight.T
-    torch.testing.assert_close(ffn(x), expected, rtol=1e-5, atol=1e-6)
+        expected = act(x @ layer.up.weight.T) @ layer.down.weight.T
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_qk_norm_makes_queries_and_keys_unit_rms_per_head():
-    qk_norm = build("qk_norm", "on", make_head_norm=lambda: RMSNorm(8, eps=1e-8))
+    qk_norm = option("qk_norm", "on").build(make_head_norm=lambda: RMSNorm(8, eps=1e-8))
     q, k = torch.randn(2, 4, 5, 8) * 7, torch.randn(2, 2, 5, 8) * 0.1
     nq, nk = qk_norm(q, k)
     torch.testing.assert_close(nq.pow(2).mean(-1), torch.ones(2, 4, 5))
     torch.testing.assert_close(nk.pow(2).mean(-1), torch.ones(2, 2, 5))
-    assert build("qk_norm", "off")(q, k) == (q, k)
+    assert option("qk_norm", "off").build(None)(q, k) == (q, k)
 
 
 def test_output_softcap_bounds_logits_and_is_identity_far_below_the_cap():
@@ -209,8 +230,8 @@ def test_z_loss_term_equals_its_formula_and_is_logged_separately():
 
     model = Transformer(compose("model=micro"), 50)
     logits, targets = torch.randn(2, 7, 50) * 3, torch.randint(0, 50, (2, 7))
-    terms = loss_terms(model, logits, targets, z_loss_coef=1e-4)
+    terms = loss_terms(model, option("z_loss", "on", coef=1e-4).build(), logits, targets)
     log_z = torch.log(torch.exp(logits.double()).sum(-1))
     assert terms["z_loss"].item() == pytest.approx(1e-4 * (log_z**2).mean().item(), rel=1e-5)
     assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item())
-    assert "z_loss" not in loss_terms(model, logits, targets, z_loss_coef=0.0)
+    assert "z_loss" not in loss_terms(model, option("z_loss", "off").build(), logits, targets)

@@ -20,10 +20,30 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ablate import data
-from ablate.data import (DataError, Shakespeare, TextFiles, TinyStories, TokenizedCorpus, download,
-                         download_sdist, prepare, split_documents, unigram_loss)
+from ablate.config import typed
+from ablate.data import (DataError, TokenizedCorpus, download, download_sdist, prepare, split_documents,
+                         unigram_loss)
 from ablate.tokenizer import EOT, EOT_ID, BPETokenizer, ByteTokenizer, Tokenizer
+from components.registry import option
 from tests.conftest import POEMS, ROOT, TINY, compose
+
+
+def Shakespeare(**settings):  # noqa: N802  (each corpus as its option builds it)
+    return option("data", "shakespeare", **settings).build()
+
+
+def TextFiles(path=None, val_fraction=0.1):  # noqa: N802
+    return option("data", "text", path=path, val_fraction=val_fraction).build()
+
+
+def TinyStories(**settings):  # noqa: N802
+    return option("data", "tinystories", **settings).build()
+
+
+def text_config_problem(path):
+    from ablate.data import TextFiles as TextOption
+
+    return TextOption.check_config(typed(compose("data=text", f"data.path={path}")))
 
 FILE_SETTINGS = settings(max_examples=40, deadline=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,7 +92,7 @@ def test_shakespeare_split_is_by_whole_works_disjoint_and_deterministic():
 
     cfg = compose("data=shakespeare")
     assert cfg.data.name == "shakespeare" and cfg.data.archive is None
-    train, val = data.build("data", "shakespeare", **cfg.data).documents()
+    train, val = typed(cfg).data.build().documents()
     train_names = [by_text[t] for t in train]  # KeyError: a document that is not a whole work
     val_names = [by_text[t] for t in val]
     assert val_names, "validation split is empty"
@@ -246,7 +266,7 @@ def test_single_text_file_tail_is_validation(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("".join(lines), encoding="utf-8")
     cfg = compose("data=text", f"data.path={path}", "data.val_fraction=0.2", "tokenizer=byte")
-    train_docs, val_docs = data.build("data", "text", **cfg.data).documents()
+    train_docs, val_docs = typed(cfg).data.build().documents()
     assert train_docs == ["".join(lines[:160])] and val_docs == ["".join(lines[160:])]
     check_memmaps(prepare(cfg), train_docs, val_docs)
 
@@ -303,8 +323,8 @@ def test_text_errors_name_data_path(tmp_path):
     with pytest.raises(DataError, match="data.path") as info:
         TextFiles(str(binary)).documents()
     assert "bad.txt" in str(info.value) and "UTF-8" in str(info.value)
-    assert "data.path" in TextFiles.check_config(str(tmp_path / "missing.txt"))
-    assert TextFiles.check_config(str(POEMS)) is None
+    assert "data.path" in text_config_problem(tmp_path / "missing.txt")
+    assert text_config_problem(POEMS) is None
 
 
 def test_prepare_refuses_a_corpus_without_validation_documents(text_tree):
@@ -555,7 +575,8 @@ CHILD = textwrap.dedent("""
 
     tokenizer.BPETokenizer.train = classmethod(counted_train)
     tokenizer.Tokenizer.encode_documents = counted_encode
-    cfg = OmegaConf.create(json.loads(sys.argv[4]))
+    from ablate.config import compose, structured
+    cfg = structured(json.loads(sys.argv[4]), base=compose())
     open(ready, "w").close()
     deadline = time.time() + 30
     while not os.path.exists(other) and time.time() < deadline:

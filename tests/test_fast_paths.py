@@ -14,7 +14,9 @@ import torch
 from ablate import hardware
 from ablate.loggers import WandbLogger
 from ablate.model import Transformer
-from ablate.train import make_optimizer, train
+from ablate.config import typed
+from ablate.train import train
+from components.registry import option
 from tests.conftest import TINY, compose
 
 
@@ -24,7 +26,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop():
     fused_model = Transformer(cfg, 300)
     plain_model = Transformer(cfg, 300)
     plain_model.load_state_dict(fused_model.state_dict())
-    fused = make_optimizer(fused_model, cfg, torch.device("cpu"))
+    fused = typed(cfg).optim.build(fused_model, torch.device("cpu"))
     assert fused.defaults["fused"]
     plain = torch.optim.AdamW([{**g, "params": list(p for p in plain_model.parameters() if (p.dim() >= 2) == (i == 0))}
                                for i, g in enumerate(fused.param_groups)], foreach=False)
@@ -105,7 +107,8 @@ class FakeWandb(types.ModuleType):
 
 
 def make_logger(tmp_path):
-    return WandbLogger(run_dir=tmp_path, config={"a": 1}, group="g", run_name="r", tags=["norm=rms"])
+    return WandbLogger(option("logger", "wandb"), run_dir=tmp_path, config={"a": 1}, group="g", run_name="r",
+                       tags=["norm=rms"])
 
 
 def test_wandb_starts_in_the_background_and_receives_every_metric_in_order(monkeypatch, tmp_path):
@@ -160,7 +163,7 @@ def test_one_pass_z_loss_equals_the_two_pass_formula():
     logits = (4 * torch.randn(3, 7, 50)).requires_grad_()
     targets = torch.randint(0, 50, (3, 7))
     model = types.SimpleNamespace(auxiliary_losses=dict)
-    terms = loss_terms(model, logits, targets, 1e-2)
+    terms = loss_terms(model, option("z_loss", "on", coef=1e-2).build(), logits, targets)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
     z = 1e-2 * torch.logsumexp(logits, dim=-1).square().mean()
     assert torch.allclose(terms["ce"], ce, rtol=1e-6) and torch.allclose(terms["z_loss"], z, rtol=1e-5)

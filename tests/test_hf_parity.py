@@ -3,7 +3,6 @@ directions, ours -> transformers and transformers -> ours; configs transformers 
 refused naming the reason; the export CLI writes a folder AutoModelForCausalLM loads."""
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -16,16 +15,16 @@ transformers = pytest.importorskip("transformers")
 
 from ablate import load_run  # noqa: E402
 from ablate.hf import NotExpressible, hf_family, to_hf  # noqa: E402
-from ablate.hf_import import from_hf  # noqa: E402
+from ablate.hf import from_hf  # noqa: E402
 from ablate.model import Transformer  # noqa: E402
-from tests.conftest import POEMS, ROOT, _cached_compose  # noqa: E402
+from tests.conftest import POEMS, ROOT, hydra_compose_once  # noqa: E402
 
 VOCAB, T, ATOL = 101, 16, 1e-4
 TINY = ("model=micro", "model.n_layers=3")  # d_model 64, 4 heads, context 64
 
 
 def compose(*overrides: str):
-    return copy.deepcopy(_cached_compose(tuple(overrides)))  # real Hydra composition (+experiment), cached
+    return hydra_compose_once(*overrides)  # real Hydra composition (+experiment), cached
 
 
 def randomize(module: torch.nn.Module, seed: int, gemma_norms: bool = False) -> None:
@@ -87,7 +86,7 @@ def test_ours_to_hf_and_back_gives_the_same_logits(case):
         assert_same_logits(ours, back(idx))
     for group in ("norm", "norm_pos", "ffn", "pos", "attn", "moe", "softcap"):
         assert back_cfg[group].name == cfg[group].name, group
-    assert back.d_ff == model.d_ff
+    assert back.cfg.ffn.hidden_size(back.cfg.model.d_model) == model.cfg.ffn.hidden_size(model.cfg.model.d_model)
 
 
 def hf_models():

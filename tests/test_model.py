@@ -1,4 +1,5 @@
-"""The assembled model: causality for every option, closed-form accounting against counted parameters."""
+"""The assembled model: causality for every option; its counts (read off a meta-device build) against the
+real model, exact formulas and torch's FLOP counter."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,7 @@ import torch
 from ablate.accounting import count
 from ablate.model import Transformer
 from ablate.validate import ConfigError, check
-from components.registry import options
+from components.registry import axes, options
 from tests.conftest import compose
 
 VOCAB = 97
@@ -48,22 +49,37 @@ def test_logits_shape_and_tied_head():
     assert untied.head.weight is not untied.embed.weight
 
 
-AXES = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "moe")
-ONE_AT_A_TIME = [(axis, option) for axis in AXES for option in options(axis)]
+ONE_AT_A_TIME = [(axis, option) for axis in axes("model") for option in options(axis)]
 
 
 @pytest.mark.parametrize("axis,option", ONE_AT_A_TIME, ids=[f"{a}={o}" for a, o in ONE_AT_A_TIME])
-def test_closed_form_parameter_count_equals_counted(axis, option):
-    """Every option, on a plain and on a biased/untied/GQA base (random combinations: test_combinations.py)."""
+def test_counts_of_the_meta_build_equal_the_real_model(axis, option):
+    """Every option, on a plain and on a biased/untied/GQA base (random combinations: test_combinations.py):
+    the accounting builds on the meta device; the real model on the CPU must have the same parameters."""
     for base in (("norm=rms",), ("norm=ln", "model.bias=true", "model.tie_embeddings=false", "model.n_kv_heads=2",
                                  "block=parallel", "norm_pos=double")):
         cfg = compose("model=micro", *base, f"{axis}={option}")
+        try:
+            check(cfg)
+        except ConfigError:
+            continue
         model = Transformer(cfg, VOCAB)
         counted = sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
-        closed = count(cfg, VOCAB)
-        assert closed["params_total"] == counted, base
+        counts = count(cfg, VOCAB)
+        assert counts["params_total"] == counted, base
         tables = model.embed.weight.numel() + sum(p.numel() for p in model.pos.parameters())
-        assert closed["params_non_embedding"] == counted - tables
+        assert counts["params_non_embedding"] == counted - tables
+        if axis != "moe" or option == "off":
+            assert counts["params_active"] == counted
+
+
+def test_parameter_count_formula_for_the_default_model():
+    """nano: d 128, 4 layers, SwiGLU d_ff 344, RMSNorm gains only, tied head, RoPE (no table)."""
+    d, layers, d_ff, vocab = 128, 4, 344, 2048
+    per_layer = 4 * d * d + 3 * d * d_ff + 2 * d  # q, k, v, out; gate, up, down; two pre-norms
+    counts = count(compose(), vocab)
+    assert counts["params_total"] == vocab * d + layers * per_layer + d
+    assert counts["params_non_embedding"] == layers * per_layer + d
 
 
 def test_flops_per_token_formula_for_the_default_model():

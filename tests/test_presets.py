@@ -2,7 +2,6 @@
 selectable, has the architecture its description promises, builds, runs, and is counted exactly."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -12,16 +11,12 @@ from ablate.accounting import count
 from ablate.model import Transformer
 from ablate.validate import check
 from components.ffn import hidden_size
-from tests.conftest import ROOT, _cached_compose
-
-
-def hydra_compose_once(*overrides: str):
-    """Real Hydra composition (conftest), cached per override tuple; each caller gets its own copy."""
-    return copy.deepcopy(_cached_compose(tuple(overrides)))
+from components.registry import axes
+from tests.conftest import ROOT, hydra_compose_once
 
 EXPERIMENTS = ROOT / "conf" / "experiment"
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
-ARCHITECTURE_GROUPS = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap", "z_loss", "moe")
+ARCHITECTURE_GROUPS = axes("model")
 SIZE_KEYS = ("name", "d_model", "n_layers", "n_heads", "context_length")
 VOCAB = 97
 

@@ -9,8 +9,8 @@ import torch
 
 from ablate import load_run
 from ablate.accounting import count
-from ablate.data import TextFiles
-from ablate.schedules import Constant, Cosine, WarmupStableDecay
+from ablate.config import typed
+from components.registry import option
 from ablate.train import train
 from tests.conftest import TINY, compose
 
@@ -54,7 +54,7 @@ def test_summary_has_the_contract_fields_and_true_counts(trained):
         assert on_disk[key] == value, key
     assert on_disk["tokens_seen"] == 20 * cfg.train.batch_size * cfg.model.context_length
     assert on_disk["best_val_loss"] == min(r["val_loss"] for r in metrics(run_dir) if "val_loss" in r)
-    _, val_docs = TextFiles(cfg.data.path, cfg.data.val_fraction).documents()
+    _, val_docs = typed(cfg).data.build().documents()
     val_bytes = sum(len(doc.encode("utf-8")) for doc in val_docs)
     val_tokens = sum(len(tokenizer.encode(doc)) + 1 for doc in val_docs)  # + one <|endoftext|> each
     expected_bpb = on_disk["final_val_loss"] * val_tokens / val_bytes / math.log(2)
@@ -100,12 +100,12 @@ def test_resuming_a_finished_run_trains_nothing_more(trained, tmp_path):
 
 
 def test_schedules_exact_values():
-    cosine = Cosine(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    cosine = option("schedule", "cosine", warmup_steps=10, min_lr_ratio=0.1).build(110)
     assert [cosine(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert cosine(10) == pytest.approx(1.0) and cosine(60) == pytest.approx(0.55)
     assert cosine(110) == pytest.approx(0.1)
-    wsd = WarmupStableDecay(max_steps=100, warmup_steps=10, min_lr_ratio=0.0, decay_fraction=0.2)
+    wsd = option("schedule", "wsd", warmup_steps=10, min_lr_ratio=0.0, decay_fraction=0.2).build(100)
     assert wsd(5) == pytest.approx(0.6) and wsd(50) == 1.0 and wsd(79) == 1.0
     assert wsd(80) == pytest.approx(1 - 1 / 20) and wsd(99) == pytest.approx(0.0)
-    assert Constant(max_steps=100, warmup_steps=4)(2) == pytest.approx(0.75)
-    assert Constant(max_steps=100, warmup_steps=4)(50) == 1.0
+    assert option("schedule", "constant", warmup_steps=4).build(100)(2) == pytest.approx(0.75)
+    assert option("schedule", "constant", warmup_steps=4).build(100)(50) == 1.0

@@ -1,12 +1,13 @@
 """The benchmark's shapes, and configs composed the way `python ablate/run.py` composes them."""
 from __future__ import annotations
 
-import copy
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import ablate.config
+from ablate.config import with_option  # noqa: F401  (re-exported for the sections)
+
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 
@@ -32,33 +33,8 @@ SHAPES = {
 
 
 def compose(overrides: list[str]):
-    """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API, conf/ of this repo)."""
-    return copy.deepcopy(_compose(tuple(overrides)))
-
-
-@functools.lru_cache(maxsize=None)
-def _compose(overrides: tuple[str, ...]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import ablate.config  # noqa: F401  (registers the schema)
-
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_dir(config_dir=str(CONF), version_base=None)
-    return hydra_compose("config", overrides=list(overrides))
-
-
-def with_option(cfg, axis: str, option: str):
-    """`cfg` with `axis=option`, as Hydra's defaults list does it: the option's YAML file merged into the
-    group's typed node (one Hydra composition per option would cost a third of a second each)."""
-    from omegaconf import OmegaConf
-
-    cfg = copy.deepcopy(cfg)
-    path = CONF / axis / f"{option}.yaml"
-    schema = OmegaConf.structured(OmegaConf.get_type(cfg, axis))
-    cfg[axis] = OmegaConf.merge(schema, OmegaConf.load(path)) if path.is_file() else OmegaConf.merge(schema, {"name": option})
-    return cfg
+    """The config `python ablate/run.py OVERRIDES` would train."""
+    return ablate.config.compose(*overrides)
 
 
 def shape_overrides(shape: Shape) -> list[str]:

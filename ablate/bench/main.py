@@ -9,11 +9,7 @@
     python -m ablate.bench --startup                        # `run.py --cfg job` time, launch to first step
     python -m ablate.bench --shapes B --compile             # presets also under torch.compile, vs eager
 
-What one step is, for every model alike: zero_grad, forward, next-token cross-entropy (ours: the whole
-training objective of `ablate.train.loss_terms`), backward, gradient clipping at 1.0, AdamW step
-(`ablate.train.make_optimizer`'s groups). Every model sees the same random batches; models of one family
-start from the same weights (the peers get a copy of ours), so their final losses agree, which shows that
-the peers compute the same function.
+What one step is: see ablate/bench/core.py (the same for every model; peers start from our weights).
 
 Timing: first the machine's matmul peak (a large matmul timed for about a second), then for each shape
 every model runs its warm-up steps and the timed steps go round-robin over the models (the order rotates
@@ -22,7 +18,7 @@ MFU = flops_per_token (ablate.accounting: 6 x matmul weights + 3 x attention sco
 the same formula for a peer as for the preset of the same shape) x tokens/s / measured matmul peak of
 the dtype the matmuls ran in.
 
-Peak memory: see ablate/bench_memory.py.
+Peak memory: see ablate/bench/memory.py.
 
 `transformers` and `tokenizers` are optional (`pip install -e ".[hf]"`): without them the peers or the
 tokenizer comparison are skipped with a note.
@@ -30,202 +26,20 @@ tokenizer comparison are skipped with a note.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
-import statistics
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 
-from ablate.bench_configs import SHAPES, Shape, preset_config
-from ablate.bench_machine import CpuLoad, machine_info, matmul_peak, synchronize
-from ablate.bench_memory import MEMORY_NOTE, measure_memory
-
-MIB = 2 ** 20
-
-
-PRESETS = ("gpt2", "llama")
-PEERS = ("nanogpt", "hf_gpt2", "hf_llama")
-PEER_OF = {"nanogpt": "gpt2", "hf_gpt2": "gpt2", "hf_llama": "llama"}  # peer -> the preset it mirrors
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-# the design axes a model is assembled from (config groups); training-only groups are left out
-ARCH_AXES = ("norm", "norm_pos", "ffn", "block", "pos", "attn", "qk_norm", "softcap", "z_loss", "moe")
-SEED = 0
-GRAD_CLIP = 1.0
-# Extra overrides for the --data section's corpus (tests point it at a small text corpus).
-DATA_OVERRIDES: tuple[str, ...] = ()
-
-# ------------------------------------------------------------------------------------------------
-# one benchmarked model
-@dataclass
-class Candidate:
-    """A model, its optimizer and what the bench measured of it."""
-
-    name: str
-    kind: str  # ours | peer | option
-    shape: str
-    dtype: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    flops_per_token: int
-    params: int
-    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-    device: torch.device
-    tokens_per_step: int
-    extra: dict[str, Any] = field(default_factory=dict)
-    step_s: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    peak_bytes: int | None = None
-    final_loss: float | None = None
-
-    def autocast(self):
-        amp = DTYPES[self.dtype]
-        return torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One training step; returns its wall time in seconds (device synchronized)."""
-        synchronize(self.device)
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = self.objective(self.model, self.model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.optimizer.step()
-        synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        self.losses.append(loss.item())
-        return elapsed
-
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Cross-entropy on a held-out batch, computed in fp32 whatever the training dtype."""
-        from ablate.train import lm_loss
-
-        self.model.eval()
-        loss = lm_loss(self.model(x), y).item()
-        self.model.train()
-        return loss
-
-    @property
-    def median_step_s(self) -> float | None:
-        return statistics.median(self.step_s) if self.step_s else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        median = self.median_step_s
-        return self.tokens_per_step / median if median else None
-
-
-def our_objective(cfg) -> Callable:
-    from ablate.train import loss_terms
-
-    coef = cfg.z_loss.coef
-
-    def objective(model, logits, targets):
-        return sum(loss_terms(model, logits, targets, coef).values())
-
-    return objective
-
-
-def plain_objective(model, logits, targets):
-    from ablate.train import lm_loss
-
-    return lm_loss(logits, targets)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
-
-
-def build_ours(cfg, vocab: int, device: torch.device):
-    from ablate import validate
-    from ablate.model import Transformer
-
-    validate.check(cfg)
-    torch.manual_seed(SEED)
-    return Transformer(cfg, vocab).to(device)
-
-
-def make_candidate(name: str, kind: str, shape_name: str, shape: Shape, dtype: str, device: torch.device,
-                   preset: str | None = None, extra_overrides: list[str] = (), cfg=None,
-                   extra: dict | None = None) -> Candidate:
-    """Our preset (kind ours/option) or a peer, on `device`, with AdamW as the training loop makes it.
-    `cfg` (a composed config) replaces preset + shape + extra_overrides."""
-    from ablate import accounting
-    from ablate.train import make_optimizer
-
-    base = PEER_OF.get(name, preset) if kind == "peer" else preset
-    cfg = preset_config(base, shape, list(extra_overrides)) if cfg is None else cfg
-    ours = build_ours(cfg, shape.vocab, device)
-    if kind == "peer" and name == "nanogpt":
-        from ablate.bench_peers import copy_from_ours, nanogpt_like
-
-        model = copy_from_ours(nanogpt_like(cfg, shape.vocab), ours).to(device)
-    elif kind == "peer":
-        from ablate.bench_peers import hf_peer
-
-        model = hf_peer(ours.cpu(), cfg).to(device)
-    else:
-        model = ours
-    model.train()
-    return Candidate(name=name, kind=kind, shape=shape_name, dtype=dtype, model=model,
-                     optimizer=make_optimizer(model, cfg, device),
-                     flops_per_token=accounting.count(cfg, shape.vocab)["flops_per_token"], params=n_params(model),
-                     objective=our_objective(cfg) if kind != "peer" else plain_objective, device=device,
-                     tokens_per_step=shape.tokens, extra=dict(extra or {}))
-
-
-def make_batches(shape: Shape, count: int, device: torch.device, seed: int = SEED) -> list[tuple[torch.Tensor, ...]]:
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(count):
-        tokens = torch.randint(0, shape.vocab, (shape.batch, shape.context + 1), generator=gen)
-        batches.append((tokens[:, :-1].contiguous().to(device), tokens[:, 1:].contiguous().to(device)))
-    return batches
-
-
-# ------------------------------------------------------------------------------------------------
-# the interleaved run
-def run_interleaved(candidates: list[Candidate], batches, warmup: int, steps: int, memory: bool,
-                    eval_batch) -> None:
-    """Memory probe (2 steps each), warm-up, then `steps` rounds of one step per model, order rotating."""
-    for c in candidates:
-        if memory:
-            c.peak_bytes = measure_memory(c, batches)
-        for i in range(warmup):
-            c.step(*batches[i % len(batches)])
-    n = len(candidates)
-    for s in range(steps):
-        x, y = batches[(warmup + s) % len(batches)]
-        for c in candidates[s % n:] + candidates[:s % n]:
-            c.step_s.append(c.step(x, y))
-    for c in candidates:
-        c.final_loss = c.evaluate(*eval_batch)
-
-
-def row_of(c: Candidate, peaks: dict[str, float]) -> dict[str, Any]:
-    tps = c.tokens_per_s
-    peak = peaks.get(c.dtype)
-    return {
-        "shape": c.shape, "model": c.name, "kind": c.kind, "dtype": c.dtype, "params": c.params,
-        "flops_per_token": c.flops_per_token, "steps": len(c.step_s),
-        "step_ms": None if c.median_step_s is None else 1e3 * c.median_step_s,
-        "step_ms_min": 1e3 * min(c.step_s) if c.step_s else None,
-        "step_ms_max": 1e3 * max(c.step_s) if c.step_s else None,
-        "tokens_per_s": tps,
-        "mfu": (c.flops_per_token * tps / (peak * 1e9)) if tps and peak else None,
-        "peak_mib": None if c.peak_bytes is None else c.peak_bytes / MIB,
-        "first_loss": c.losses[0] if c.losses else None,
-        "final_loss": c.final_loss,
-        **c.extra,
-    }
+from ablate.bench.configs import SHAPES
+from ablate.bench.core import (DTYPES, GRAD_CLIP, PEER_OF, PEERS, PRESETS, SEED, compiled, make_batches,
+                               make_candidate, row_of, run_interleaved)
+from ablate.bench.machine import CpuLoad, machine_info, matmul_peak
+from ablate.bench.memory import MEMORY_NOTE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,21 +50,6 @@ def available_peers(peers: list[str], notes: list[str]) -> list[str]:
                      "(pip install -e '.[hf]' or pip install transformers)")
         return [p for p in peers if not p.startswith("hf_")]
     return list(peers)
-
-
-def compiled(candidate: Candidate, batch) -> Candidate:
-    """The candidate's model under torch.compile (as train.compile=true), compiled by one training step
-    whose effect is then undone, so it starts from the same weights as the eager models."""
-    import copy
-
-    eager = candidate.model
-    saved = copy.deepcopy((eager.state_dict(), candidate.optimizer.state_dict()))
-    candidate.model = torch.compile(eager)
-    candidate.extra["compile_s"] = candidate.step(*batch)
-    eager.load_state_dict(saved[0])
-    candidate.optimizer.load_state_dict(saved[1])
-    candidate.losses.clear()
-    return candidate
 
 
 def bench_models(args, device, peaks, notes) -> tuple[list[dict], list[dict]]:
@@ -349,9 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from ablate.bench_report import report  # these modules build on this one
-    from ablate.bench_sections import bench_components, bench_data, bench_tokenizer
-    from ablate.bench_startup import bench_startup
+    from ablate.bench.report import report  # lazily: only the sections asked for are imported
+    from ablate.bench.sections import bench_components, bench_data, bench_tokenizer
+    from ablate.bench.startup import bench_startup
 
     args = parse_args(argv)
     threads_before = torch.get_num_threads()

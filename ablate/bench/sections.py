@@ -11,23 +11,23 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from ablate.bench import (ARCH_AXES, DATA_OVERRIDES, MIB, SEED, make_batches, make_candidate, run_interleaved)
-from ablate.bench_configs import CONF, SHAPES, Shape, preset_config, with_option
-from ablate.bench_machine import synchronize
+from ablate.bench.configs import SHAPES, Shape, preset_config, with_option
+from ablate.bench.core import DATA_OVERRIDES, MIB, SEED, make_batches, make_candidate, run_interleaved
+from ablate.bench.machine import synchronize
+from components.registry import axes
 
 
 def axis_options(axis: str) -> list[str]:
-    """Registered options of an axis, and the option files of config groups the registry does not hold."""
-    from components.registry import AXIS_MODULES, options
+    """Registered options of an axis."""
+    from components.registry import options
 
-    found = set(options(axis)) if axis in AXIS_MODULES else set()
-    found |= {p.stem for p in (CONF / axis).glob("*.yaml")}
-    return sorted(found)
+    return options(axis)
 
 
 def bench_components(args, device, notes) -> list[dict]:
     """Every option of every architecture axis against the default config, one interleaved run."""
     from ablate.validate import ConfigError
+
 
     shape_name = args.shapes[0] if args.shapes_given else "A"
     shape = SHAPES[shape_name]
@@ -35,7 +35,7 @@ def bench_components(args, device, notes) -> list[dict]:
     default_cfg = preset_config(None, shape)
     default = make_candidate("default", "option", shape_name, shape, dtype, device, cfg=default_cfg)
     candidates, rows = [default], []
-    for axis in ARCH_AXES:
+    for axis in axes("model"):
         for option in axis_options(axis):
             row = {"axis": axis, "option": option, "default": option == default_cfg[axis].name, "status": "ok"}
             if row["default"]:
@@ -69,7 +69,7 @@ def bench_components(args, device, notes) -> list[dict]:
             "final_loss": c.final_loss if c else None,
         })
     notes.append(f"components: every option at shape {shape_name}, {dtype}, against the default config "
-                 f"({', '.join(f'{a}={default_cfg[a].name}' for a in ARCH_AXES)}); ratios are option / default")
+                 f"({', '.join(f'{a}={default_cfg[a].name}' for a in axes('model'))}); ratios are option / default")
     return out
 
 

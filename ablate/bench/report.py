@@ -5,7 +5,7 @@ import math
 import textwrap
 from typing import Any
 
-from ablate.bench_memory import MEMORY_NOTE
+from ablate.bench.memory import MEMORY_NOTE
 
 
 def fmt(value, spec: str) -> str:

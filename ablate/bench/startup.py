@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ablate.bench_configs import ROOT
+from ablate.bench.configs import ROOT
 
 RUN = [sys.executable, str(ROOT / "ablate" / "run.py")]
 

@@ -1,6 +1,6 @@
 """Hugging Face transformers models -> ablate: `model, cfg = from_hf(hf_model_or_path)`.
 
-The other direction, and which configs convert at all, is in `ablate.hf` (see its docstring for
+The other direction, and which configs convert at all, is in `ablate.hf.export` (see its docstring for
 the weight layouts). Only exact conversions: anything ablate cannot compute raises NotExpressible.
 """
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ablate.config import Config
-from ablate.hf import GATED_FROM_HF, PLAIN_FROM_HF, NotExpressible, layer_norm_names, require_transformers
+from ablate.config import compose, structured
+from ablate.hf.export import GATED_FROM_HF, PLAIN_FROM_HF, NotExpressible, layer_norm_names, require_transformers
 from ablate.model import Transformer
 from components.ffn import hidden_size
 
@@ -34,9 +34,8 @@ def config_from_hf(config) -> DictConfig:
     kind = config.model_type
     _refuse(kind in ("llama", "mistral", "mixtral", "gemma2", "gpt2"),
             f"model_type={kind!r}; supported: llama, mistral, mixtral, gemma2, gpt2")
-    tree: dict[str, Any] = {"softcap": {"name": "off", "attn": None, "logits": None},
-                            "qk_norm": {"name": "off"}, "z_loss": {"name": "off", "coef": 0.0},
-                            "block": {"name": "serial"}, "attn": {"name": "full", "window": None, "stride": None}}
+    tree: dict[str, Any] = {"softcap": {"name": "off"}, "qk_norm": {"name": "off"}, "z_loss": {"name": "off"},
+                            "block": {"name": "serial"}, "attn": {"name": "full"}}
     if kind == "gpt2":
         act = config.activation_function
         _refuse(act in PLAIN_FROM_HF, f"activation_function={act!r}; supported: {', '.join(PLAIN_FROM_HF)}")
@@ -74,13 +73,13 @@ def config_from_hf(config) -> DictConfig:
             _refuse(not attention_bias, "attention_bias=True (Gemma 2's MLP has none, ablate biases all or none)")
             types = set(config.layer_types)
             if types == {"sliding_attention"}:
-                tree["attn"] = {"name": "sliding_window", "window": window, "stride": None}
+                tree["attn"] = {"name": "sliding_window", "window": window}
             elif "sliding_attention" in types and window is not None and window < context:
                 context = window  # alternating local/global layers agree with full attention up to the window
             tree["softcap"] = {"name": "on", "attn": config.attn_logit_softcapping,
                                "logits": config.final_logit_softcapping}
         elif window is not None and window < context:
-            tree["attn"] = {"name": "sliding_window", "window": window, "stride": None}
+            tree["attn"] = {"name": "sliding_window", "window": window}
         if kind == "mixtral":
             tree["moe"] = {"name": "topk", "n_experts": config.num_local_experts,
                            "top_k": config.num_experts_per_tok, "n_shared": 0, "granularity": 1,
@@ -97,8 +96,8 @@ def config_from_hf(config) -> DictConfig:
             norm_pos={"name": "double" if kind == "gemma2" else "pre"},
             ffn={"name": GATED_FROM_HF[act], **_ffn_size(d, config.intermediate_size)},
             pos={"name": "rope", "theta": float(rope.get("rope_theta", 10000.0))})
-    tree["tokenizer"] = {"vocab_size": config.vocab_size}
-    return OmegaConf.merge(OmegaConf.structured(Config), tree)
+    tree["tokenizer"] = {"name": "bpe", "vocab_size": config.vocab_size}
+    return structured(tree, base=compose())
 
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: DictConfig, model_type: str,

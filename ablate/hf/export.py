@@ -2,7 +2,7 @@
 
     hf_model = to_hf(model, cfg)          # -> LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM /
                                           #    Gemma2ForCausalLM / GPT2LMHeadModel, same logits
-    model, cfg = from_hf(hf_model)        # back, in ablate.hf_import (also from a path: from_hf("OUT_DIR"))
+    model, cfg = from_hf(hf_model)        # back, in ablate.hf.imports (also from a path: from_hf("OUT_DIR"))
 
 Only exact conversions are made: a config a transformers model cannot compute is refused with
 `NotExpressible`, whose message names the option(s) that are the reason. Which HF model a config
@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from ablate.config import typed
 from ablate.model import Transformer
 from components.ffn import hidden_size
 
@@ -124,7 +125,8 @@ def _family_problems(cfg: DictConfig, family: str) -> list[str]:
     else:
         _need(p, moe == "off", "moe", moe, "off (moe=topk exports as Mixtral)")
     if family != "gemma2":
-        _need(p, cfg.softcap.attn is None and cfg.softcap.logits is None, "softcap", cfg.softcap.name,
+        caps = cfg.softcap.build()
+        _need(p, caps.attn is None and caps.logits is None, "softcap", cfg.softcap.name,
               "off (soft-capping exports only with Gemma 2's double norm)")
         _need(p, not m.scale_embeddings, "model.scale_embeddings", m.scale_embeddings, "false")
     else:
@@ -143,6 +145,7 @@ def _hf_name(cfg: DictConfig, family: str) -> str:
 
 def hf_family(cfg: DictConfig) -> str:
     """The HF model family that computes exactly what `cfg` does; NotExpressible names what does not fit."""
+    cfg = typed(cfg)
     problems = {family: _family_problems(cfg, family) for family in FAMILIES}
     for family in FAMILIES:
         if not problems[family]:
@@ -165,6 +168,7 @@ def hf_family(cfg: DictConfig) -> str:
 def hf_config(cfg: DictConfig, vocab_size: int, *, bos_token_id: int | None = None,
               eos_token_id: int | None = None):
     """The transformers config of the model `cfg` describes."""
+    cfg = typed(cfg)
     transformers = require_transformers()
     family = hf_family(cfg)
     m = cfg.model
@@ -200,7 +204,7 @@ def hf_config(cfg: DictConfig, vocab_size: int, *, bos_token_id: int | None = No
     return transformers.Gemma2Config(
         hidden_activation=GATED_ACT[cfg.ffn.name], query_pre_attn_scalar=head_dim,
         sliding_window=window or m.context_length, layer_types=[layer] * m.n_layers,
-        attn_logit_softcapping=cfg.softcap.attn, final_logit_softcapping=cfg.softcap.logits,
+        attn_logit_softcapping=cfg.softcap.build().attn, final_logit_softcapping=cfg.softcap.build().logits,
         attention_bias=False, **common)
 
 
@@ -210,12 +214,13 @@ def _split_rows(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
 
 def to_hf_state_dict(model: Transformer, cfg: DictConfig) -> dict[str, torch.Tensor]:
     """Our state_dict renamed and reshaped to the HF model's keys (family from `hf_family(cfg)`)."""
+    cfg = typed(cfg)
     family = hf_family(cfg)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     m = cfg.model
     d, n_kv = m.d_model, m.n_kv_heads or m.n_heads
     kv = n_kv * (d // m.n_heads)
-    d_ff = model.d_ff
+    d_ff = cfg.ffn.hidden_size(cfg.model.d_model)
     out: dict[str, torch.Tensor] = {}
 
     if family == "gpt2":
@@ -274,7 +279,7 @@ def to_hf_state_dict(model: Transformer, cfg: DictConfig) -> dict[str, torch.Ten
 def to_hf(model: Transformer, cfg: DictConfig | None = None, *, bos_token_id: int | None = None,
           eos_token_id: int | None = None):
     """A transformers model (eval mode, float32) that computes the same logits as `model`."""
-    cfg = model.cfg if cfg is None else cfg
+    cfg = model.cfg if cfg is None else typed(cfg)
     config = hf_config(cfg, model.vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
     transformers = require_transformers()
     if config.model_type == "gemma2":

@@ -127,7 +127,7 @@ class HFLogits(nn.Module):
 def hf_peer(ours: nn.Module, cfg) -> HFLogits:
     """The transformers model our config maps to (ablate.hf.to_hf: GPT2LMHeadModel for the gpt2 preset,
     LlamaForCausalLM for llama), holding a copy of our weights, with torch's SDPA attention."""
-    from ablate.hf import to_hf
+    from ablate.hf.export import to_hf
 
     hf_model = to_hf(ours, cfg)
     hf_model.config._attn_implementation = "sdpa"
