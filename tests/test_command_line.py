@@ -48,7 +48,7 @@ def both_orders(tmp_path_factory):
     """The issue's command, `-m` between the overrides, next to `-m` first: the same two tiny jobs
     (tests/test_feedback.py reads the same sweeps)."""
     tmp = tmp_path_factory.mktemp("orders")
-    tiny = [*FAST, "train.max_steps=2", "train.eval_interval=2", "train.sample_temperature=0.7",
+    tiny = [*FAST, "train.dtype=fp32", "train.max_steps=2", "train.eval_interval=2", "train.sample_temperature=0.7",
             "train.sample_top_p=0.9", "train.sample_prompt='To be'"]
     sweeps = {}
     for name, args in {"m_between": ["norm=rms,ln", "-m", *tiny], "m_first": ["-m", "norm=rms,ln", *tiny]}.items():

