@@ -113,5 +113,13 @@ def refuse_foreign_knobs(argv: list[str]) -> None:
                   f"{axis_name}={name} (its settings: {', '.join(f'{axis_name}.{k}' for k in own) or 'none'}). "
                   + (f"Options of `{axis_name}` that have it: {', '.join(having)}; choose one of them "
                      f"({axis_name}={having[0]}), or drop {axis_name}.{knob_name}." if having else
-                     f"No option of `{axis_name}` has it: drop it.") + " Nothing was trained.", file=sys.stderr)
+                     f"No option of `{axis_name}` has it: drop it.{did_you_mean(axis_name, knob_name, own)}")
+                  + " Nothing was trained.", file=sys.stderr)
             sys.exit(2)
+
+
+def did_you_mean(axis_name: str, name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" Did you mean {axis_name}.{close[0]}?" if close else ""

@@ -71,6 +71,10 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         handle.write(payload)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def write_summary_file(path: Path, summary: dict) -> None:
     """summary.json, atomically. While another error is already ending the run (sys.exc_info), a full disk
     only prints why the summary could not be written: the error that ended the run is the one to report."""

@@ -126,7 +126,7 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
             save_hydra_files(run_dir, cfg, hydra_cfg)
         if cfg.train.threads is None:
             cfg.train.threads = threads_per_job(hydra_cfg.launcher)
-        summary = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group)
+        summary = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group, plan=plan)
     except (validate.ConfigError, DataError) as error:
         return job.refused(cfg, error)
     except Exception as error:

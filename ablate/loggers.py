@@ -107,11 +107,6 @@ def wandb_mode_and_reason(env: Mapping[str, str] | None = None, home: Path | Non
                        f"(`wandb login` makes one)")
 
 
-def wandb_mode() -> str:
-    """The mode `logger=wandb` runs in: see `wandb_mode_and_reason`."""
-    return wandb_mode_and_reason()[0]
-
-
 @dataclass
 class WandbConfig(OptionConfig):
     project: str = "ablate"

@@ -32,7 +32,8 @@ def main(cfg: DictConfig) -> float:
     return run_job(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python ablate/run.py ...` and the `ablate ...` console script (pyproject's [project.scripts])."""
     sys.argv[1:] = flags_first(sys.argv[1:])
     refuse_unknown_options(sys.argv[1:])
     refuse_foreign_knobs(sys.argv[1:])
@@ -44,3 +45,7 @@ if __name__ == "__main__":
                   file=sys.stderr)
             sys.exit(2)
         raise
+
+
+if __name__ == "__main__":
+    cli()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from analysis.atomic import write_text
+from ablate.files import atomic_write_text as write_text
 from analysis.collect import REPORT_DIRNAME, find_runs, load_curves, load_results, swept_axes
 from analysis.findings import Findings
 from analysis.html import to_html

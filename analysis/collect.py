@@ -15,15 +15,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ablate.summary import FIELDS as RUN_SUMMARY_FIELDS
+
 # libyaml's loader when present: a report of hundreds of runs parses their configs ~10x faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Fields of summary.json, in the order they go into results.csv.
-SUMMARY_FIELDS = [
-    "status", "error", "final_val_loss", "best_val_loss", "val_bpb", "unigram_val_loss",
-    "vocab_size", "params_total", "params_non_embedding", "params_active", "flops_per_token",
-    "d_ff", "tokens_seen", "steps", "wall_time_s", "tokens_per_s", "seed",
-]
+# (from the one record both sides share, ablate.summary.RunSummary: torch-free)
+SUMMARY_FIELDS = [name for name in RUN_SUMMARY_FIELDS if name not in ("choices", "overrides", "sample")]
 # Columns that are never override keys (used to recognise override columns in a table read
 # back from results.csv, where DataFrame.attrs are lost).
 KNOWN_COLUMNS = {"run", "overrides", "choices", "stage", "did_not_learn", "tokens_per_s_reliable",

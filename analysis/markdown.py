@@ -205,10 +205,6 @@ def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str], tuned: b
     ]
 
 
-def not_in_means(df: pd.DataFrame, metric: str, axes: list[str]) -> str:
-    return to_markdown(not_in_means_blocks(df, metric, axes)).rstrip("\n")
-
-
 def _option_blocks(t: pd.DataFrame, label: str, keys: list[str], metric: str) -> list[Block]:
     header, rows, notes = option_rows(t, label, keys, metric)
     return [Table(header, rows, OPTION_NUMERIC)] + [Para(n) for n in notes]

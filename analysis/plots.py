@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 
 from scipy import stats
 
-from analysis.atomic import save_figure
+from ablate.files import atomic_output
 from analysis.collect import RUNNING
 from analysis.stats import COMPLETED, DIVERGED, usable
 
@@ -288,20 +289,6 @@ def throughput_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: l
     return fig
 
 
-def plot_loss_curves(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str], metric: str,
-                     path: Path) -> None:
-    save_figure(loss_curves_figure(df, curves, axes, metric), path)
-
-
-def plot_final(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
-    save_figure(final_figure(df, tables, metric, list(tables)), path)
-
-
-def plot_throughput(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: list[str],
-                    metric: str, path: Path) -> None:
-    save_figure(throughput_figure(df, tables, axes, metric), path)
-
-
 def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
     """Every figure of a report into `out`; returns the file names written, in report order."""
     from analysis.verdict_plots import differences_figure, tuning_figure
@@ -320,3 +307,9 @@ def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
         save_figure(make(), out / name)
         written.append(name)
     return written
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically (a report rebuilt mid-sweep never shows half a file)."""
+    with atomic_output(path) as handle:
+        fig.savefig(handle, format="png", dpi=110)

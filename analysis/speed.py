@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.atomic import write_text
+from ablate.files import atomic_write_text as write_text
 from analysis.collect import load_results, swept_axes
 from analysis.tuning import TUNE_STAGE
 

@@ -452,4 +452,5 @@ def test_analysis_never_imports_torch_or_training_code(sweep: Path) -> None:
             "('torch', 'ablate', 'components')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    # only the torch-free pieces both sides share: the summary record and atomic file writes
+    assert done.stdout.strip() == "['ablate', 'ablate.files', 'ablate.summary']"

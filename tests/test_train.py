@@ -12,7 +12,7 @@ from ablate.accounting import count
 from ablate.config import typed
 from components.registry import option
 from ablate.train import train
-from tests.conftest import TINY, compose
+from tests.conftest import ROOT, TINY, compose
 
 
 def metrics(run_dir):
