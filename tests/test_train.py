@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import math
 
 import pytest
@@ -46,8 +47,11 @@ def test_summary_has_the_contract_fields_and_true_counts(trained):
     on_disk = json.loads((run_dir / "summary.json").read_text())
     for key in ("status", "final_val_loss", "best_val_loss", "val_bpb", "unigram_val_loss", "vocab_size",
                 "params_total", "params_non_embedding", "params_active", "flops_per_token", "tokens_seen",
-                "wall_time_s", "tokens_per_s", "seed", "choices"):
+                "wall_time_s", "tokens_per_s", "seed", "choices",
+                "git_commit", "git_dirty", "torch_version", "ablate_version", "device_name", "dtype"):  # provenance
         assert on_disk[key] is not None, key
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert on_disk["git_commit"] == head and on_disk["torch_version"] == torch.__version__
     model, loaded_cfg, tokenizer = load_run(run_dir)
     assert on_disk["params_total"] == sum(p.numel() for p in model.parameters())
     for key, value in count(cfg, tokenizer.vocab_size).items():  # the closed-form accounting is reported
