@@ -15,7 +15,11 @@ import os
 import shutil
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -24,6 +28,31 @@ from omegaconf import DictConfig
 EXIT_BAD_CONFIG = 2
 EXIT_DISK_FULL = 1
 REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
+DEFERRED = "deferred"  # a job's return value while a batched launcher holds it for training with others
+
+
+@dataclass
+class Deferral:
+    """Jobs accepted for training (validated, run directory planned, locked, .hydra/ written) that a batched
+    launcher trains afterwards, together (hydra_plugins/ablate_batched_launcher). `locks` holds their run
+    directories' locks from the job's first check until the launcher has trained them."""
+
+    locks: ExitStack
+    jobs: list[Any] = field(default_factory=list)  # ablate.ensemble.train.GroupJob, with the job's number
+
+
+_deferral: Deferral | None = None
+
+
+@contextmanager
+def deferring(locks: ExitStack) -> Iterator[Deferral]:
+    """While active, a job that would start training is handed to the yielded Deferral instead."""
+    global _deferral
+    _deferral = Deferral(locks)
+    try:
+        yield _deferral
+    finally:
+        _deferral = None
 
 
 def refuse(message: str, run_dir: Path, ours: bool = False) -> None:
@@ -102,8 +131,6 @@ def run_job(cfg: DictConfig) -> float:
 def run_locked(cfg: DictConfig, job: Job) -> float:
     from ablate import validate
     from ablate.checkpoint import check_run_dir
-    from ablate.data import DataError
-    from ablate.files import is_disk_full
 
     hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
     try:
@@ -126,10 +153,26 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
             save_hydra_files(run_dir, cfg, hydra_cfg)
         if cfg.train.threads is None:
             cfg.train.threads = threads_per_job(hydra_cfg.launcher)
-        summary = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group, plan=plan)
-    except (validate.ConfigError, DataError) as error:
-        return job.refused(cfg, error)
-    except Exception as error:
+        if _deferral is not None:  # trained by the batched launcher, with the other jobs of its group
+            return defer(cfg, job, plan, choices, group)
+        outcome = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group, plan=plan)
+    except Exception as error:  # noqa: BLE001  (conclude() sorts refusals, a full disk and failures)
+        outcome = error
+    return conclude(cfg, job, outcome)
+
+
+def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception) -> float:
+    """The job's return value from how its training ended: its summary, or the error that stopped it
+    (a refusal, a full disk that ends the sweep, or a failure the sweep records and goes past)."""
+    from ablate import validate
+    from ablate.data import DataError
+    from ablate.files import is_disk_full
+
+    hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
+    if isinstance(outcome, (validate.ConfigError, DataError)):
+        return job.refused(cfg, outcome)
+    if isinstance(outcome, Exception):
+        error = outcome
         if is_disk_full(error):  # every later job would fail the same way: end the sweep too
             checkpoint = run_dir / "checkpoints" / "latest.pt"
             kept = (f"The last complete checkpoint, {checkpoint}, is intact: training resumes from it."
@@ -137,17 +180,29 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
             print(f"\nablate: stopped: {error}. {kept}", file=sys.stderr)
             sys.exit(EXIT_DISK_FULL)
         if not multirun:
-            raise
-        traceback.print_exc()
+            raise error
+        traceback.print_exception(error)
         if not (run_dir / "summary.json").exists():  # failed before training wrote its own summary
             record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
         print(f"ablate: job {hydra_cfg.job.num} failed; the sweep continues (see {run_dir}/summary.json)",
               file=sys.stderr)
         return math.inf
+    summary = outcome
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         print_result(summary, run_dir)
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
+
+
+def defer(cfg: DictConfig, job: Job, plan: Any, choices: dict[str, str], group: str | None) -> str:
+    from ablate import feedback
+    from ablate.ensemble.train import GroupJob
+    from ablate.runlock import hold
+
+    _deferral.locks.enter_context(hold(job.run_dir))  # (re-entrant) kept until the launcher has trained it
+    _deferral.jobs.append(GroupJob(cfg, job.run_dir, plan, choices, job.overrides, group, feedback.take_job_start(),
+                                   job=job))
+    return DEFERRED
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:

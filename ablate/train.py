@@ -32,8 +32,8 @@ from ablate.hardware import resolve_device
 from ablate.machine_load import MachineLoad
 from ablate.metrics_file import MetricsFile, kill_point
 from ablate.preemption import StopRequest
-from ablate.rundir import Plan
 from ablate.run_state import Run, lm_loss, loss_terms  # noqa: F401  (lm_loss, loss_terms: re-exported)
+from ablate.rundir import Plan
 from ablate.runlock import locked_run_dir
 from ablate.summary import RunSummary, provenance
 from components.registry import config_of
@@ -70,6 +70,7 @@ class Session:
     val_loss: float | None = None
     trained_from: int = 0  # tokens seen when this process started training (a resume starts later)
     train_started: float = 0.0
+    train_ended: float | None = None  # when training stopped (set by a batched ensemble for all its members)
     interval_started: float = 0.0
     interval_tokens: int = 0
     bar: Any = None
@@ -240,7 +241,8 @@ def finish(session: Session) -> None:
     """Fill the summary from the run, write the sample and summary.json, close the files and logger."""
     run, summary, val_loss = session.run, session.summary, session.val_loss
     session.metrics.close()
-    wall = time.perf_counter() - session.train_started if session.train_started else 0.0
+    ended = session.train_ended or time.perf_counter()
+    wall = ended - session.train_started if session.train_started else 0.0
     trained_tokens = run.tokens_seen - session.trained_from
     summary.update(
         final_val_loss=val_loss, best_val_loss=None if math.isinf(run.best_val_loss) else run.best_val_loss,

@@ -10,7 +10,7 @@ loss: the members share kernel launches, not numbers.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

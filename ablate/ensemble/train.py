@@ -42,32 +42,41 @@ class GroupJob:
     overrides: list[str] | None = None
     group: str | None = None
     job_started: float | None = None
+    job: Any = None  # the Hydra job (ablate.job.Job), when a batched launcher deferred it
 
 
-def train_group(jobs: list[GroupJob], progress: bool = True) -> list[dict[str, Any]]:
+def train_group(jobs: list[GroupJob], progress: bool = True) -> list[dict[str, Any] | Exception]:
     """Train `jobs` (one architecture; they may differ in train.seed and optimizer, schedule and objective
-    settings) as one batched ensemble; returns each job's summary, in order."""
+    settings) as one batched ensemble; returns each job's summary, or the error that stopped it, in order."""
     with ExitStack() as locks:
         for job in jobs:  # one process per run directory (ablate.runlock), every member's held to the end
             locks.enter_context(hold(job.run_dir))
-        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
         sessions: dict[int, Session] = {}
         for index, job in enumerate(jobs):
             started = job.job_started if job.job_started is not None else time.monotonic()
-            session = setup(job.cfg, Path(job.run_dir), job.plan, job.choices or {}, job.overrides or [], job.group,
-                            False, started)
+            try:
+                session = setup(job.cfg, Path(job.run_dir), job.plan, job.choices or {}, job.overrides or [],
+                                job.group, False, started)
+            except Exception as error:  # noqa: BLE001  (this member cannot start (e.g. a refused resume): the others can)
+                outcomes[index] = error
+                continue
             if isinstance(session, dict):  # the directory already holds this finished run
-                results[index] = session
+                outcomes[index] = session
                 continue
             own_rng = torch.get_rng_state()  # after its seed and construction: what a run of its own records
             session.run.torch_rng = lambda state=own_rng: state
             session.summary.ensemble_members = len(jobs)
             sessions[index] = session
+        failure: Exception | None = None
         if sessions:
-            train_sessions(list(sessions.values()), progress)
+            try:
+                train_sessions(list(sessions.values()), progress)
+            except Exception as error:  # noqa: BLE001  (every member's summary.json says `failed` and why)
+                failure = error
         for index, session in sessions.items():
-            results[index] = session.summary.to_dict()
-    return results  # type: ignore[return-value]
+            outcomes[index] = failure or session.summary.to_dict()
+    return outcomes  # type: ignore[return-value]
 
 
 def train_sessions(sessions: list[Session], progress: bool) -> None:
@@ -84,7 +93,9 @@ def train_sessions(sessions: list[Session], progress: bool) -> None:
                 session.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
             raise
         finally:
+            ended = time.perf_counter()  # every member trained until now (their samples follow one by one)
             for session in sessions:
+                session.train_ended = session.train_ended or ended
                 if session.bar is not None:
                     session.bar.close()
                 finish(session)
@@ -115,6 +126,7 @@ def loop(sessions: list[Session], stop: StopRequest, progress: bool) -> None:
             for i in stepping:
                 sessions[i].log_step(ends[i], val_losses.get(i))
                 if ends[i].diverged:
+                    sessions[i].train_ended = time.perf_counter()
                     print(f"ablate: {sessions[i].run_dir} diverged at step {sessions[i].run.step} "
                           f"({sessions[i].summary.error}); its weights are frozen there, the other members go on")
             active = [i for i in active if not (i in ends and ends[i].diverged)
