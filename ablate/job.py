@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 EXIT_BAD_CONFIG = 2
 EXIT_DISK_FULL = 1
+EXIT_INTERRUPTED = 130  # a stop request (SIGTERM, SIGUSR1, Ctrl-C): the process and its sweep end here
 REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
 
 
@@ -146,6 +147,10 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
         return math.inf
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         print_result(summary, run_dir)
+    if summary["status"] == "interrupted":  # a stop request ends the sweep too, not only this job
+        print(f"ablate: stopped ({summary['error']}). Re-run the same command to resume: finished runs are "
+              f"skipped, this one continues from its checkpoint.", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
 
