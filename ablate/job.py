@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 EXIT_BAD_CONFIG = 2
 EXIT_DISK_FULL = 1
+EXIT_INTERRUPTED = 130  # a stop request (SIGTERM, SIGUSR1, Ctrl-C): the process and its sweep end here
 REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
 DEFERRED = "deferred"  # a job's return value while a batched launcher holds it for training with others
 
@@ -190,6 +191,10 @@ def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception) -> float:
     summary = outcome
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         print_result(summary, run_dir)
+    if summary["status"] == "interrupted":  # a stop request ends the sweep too, not only this job
+        print(f"ablate: stopped ({summary['error']}). Re-run the same command to resume: finished runs are "
+              f"skipped, this one continues from its checkpoint.", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
 

@@ -1,7 +1,7 @@
 """How much of the machine other processes took while a run trained, so a report can tell a
 tokens/s figure that measured the option from one that measured a busy machine.
 
-The same measurement as the benchmark's `CpuLoad` (ablate/bench_machine.py): the machine's busy CPU
+The measurement the benchmark's `CpuLoad` (ablate/bench/machine.py) reports too: the machine's busy CPU
 time from /proc/stat minus this process's own (os.times), and the hypervisor's steal time, as shares
 of the machine's capacity over the run. Torch-free; on systems without /proc/stat it records nothing.
 """
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 
-def _sample() -> tuple[float, float, float, float] | None:
+def sample() -> tuple[float, float, float, float] | None:
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
@@ -30,12 +30,12 @@ class MachineLoad:
         self.begin: tuple[float, float, float, float] | None = None
 
     def start(self) -> "MachineLoad":
-        self.begin = _sample()
+        self.begin = sample()
         return self
 
     def shares(self) -> dict[str, float | None]:
         """{others_cpu_share, steal_share}: fractions of all cores' time over the run (None if unknown)."""
-        end = _sample()
+        end = sample()
         if self.begin is None or end is None:
             return {"others_cpu_share": None, "steal_share": None}
         busy, steal, own, wall = (b - a for a, b in zip(self.begin, end))

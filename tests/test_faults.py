@@ -35,6 +35,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_bit_identically(tmp_pa
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
+    assert process.returncode == 130  # stopped on request, and says so to a scheduler
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
     stopped_at = summary["steps"]
@@ -76,3 +77,26 @@ def test_resuming_with_another_architecture_is_refused(tmp_path):
     assert (tmp_path / "summary.json").read_text() == before  # nothing touched
     longer = train(compose(*TINY, "train.max_steps=4", "train.eval_interval=2"), tmp_path, progress=False)
     assert longer["steps"] == 4  # same architecture: training longer resumes
+
+
+def test_a_stop_request_ends_the_whole_sweep_and_the_same_command_finishes_it(tmp_path):
+    """SIGTERM (SLURM's preemption, a first Ctrl-C) stops the sweep, not just its current job; re-running
+    the command resumes the stopped job and trains the rest."""
+    command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", "norm=rms,ln", *TINY, *STEPS,
+               "train.threads=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    metrics = tmp_path / "sweep" / "0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 10):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "sweep" / "1").exists()  # the next job never started
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["status"] == "completed"

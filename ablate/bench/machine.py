@@ -1,44 +1,22 @@
 """The machine under the benchmark: CPU model, versions, load from other processes, matmul peak."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from ablate.machine_load import sample
+from ablate.summary import cpu_name, version_of
 
 # ------------------------------------------------------------------------------------------------
 # machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def version_of(package: str) -> str | None:
-    if importlib.util.find_spec(package) is None:
-        return None
-    try:
-        from importlib.metadata import version
-
-        return version(package)
-    except Exception:
-        return "installed"
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
     return {
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -48,25 +26,14 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 class CpuLoad:
-    """How much of the machine's CPU time went to other processes while the bench ran (from /proc/stat and
-    this process's own CPU time): a busy machine shows up here instead of silently in the numbers."""
+    """How much of the machine's CPU time went to other processes while the bench ran (ablate/machine_load.py:
+    /proc/stat and this process's own CPU time): a busy machine shows up here instead of silently in the numbers."""
 
     def __init__(self):
-        self.start = self.sample()
-
-    @staticmethod
-    def sample() -> tuple[float, float, float, float] | None:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-        own = sum(os.times()[:4])
-        return (user + nice + system + irq + softirq) / hz, steal / hz, own, time.time()
+        self.start = sample()
 
     def result(self) -> dict[str, float] | None:
-        end = self.sample()
+        end = sample()
         if self.start is None or end is None:
             return None
         busy, steal, own, wall = (b - a for a, b in zip(self.start, end))
