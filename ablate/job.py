@@ -162,9 +162,11 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
     return conclude(cfg, job, outcome)
 
 
-def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception) -> float:
+def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception, stop_if_interrupted: bool = True) -> float:
     """The job's return value from how its training ended: its summary, or the error that stopped it
-    (a refusal, a full disk that ends the sweep, or a failure the sweep records and goes past)."""
+    (a refusal, a full disk that ends the sweep, or a failure the sweep records and goes past). An
+    interrupted run ends the sweep (`stop_sweep`) unless the caller does that itself, after its other jobs
+    (`stop_if_interrupted=False`: a batched ensemble's members all report first)."""
     from ablate import validate
     from ablate.data import DataError
     from ablate.files import is_disk_full
@@ -191,15 +193,21 @@ def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception) -> float:
     summary = outcome
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         print_result(summary, run_dir)
-    if summary["status"] == "interrupted":  # a stop request ends the sweep too, not only this job
-        print(f"ablate: stopped ({summary['error']}). Re-run the same command to resume: finished runs are "
-              f"skipped, this one continues from its checkpoint.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    if summary["status"] == "interrupted" and stop_if_interrupted:  # a stop request ends the sweep too
+        stop_sweep(summary["error"])
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
 
 
+def stop_sweep(reason: str) -> None:
+    """End the process (and so its sweep) after a stop request, with exit code 130."""
+    print(f"ablate: stopped ({reason}). Re-run the same command to resume: finished runs are "
+          f"skipped, stopped ones continue from their checkpoints.", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def defer(cfg: DictConfig, job: Job, plan: Any, choices: dict[str, str], group: str | None) -> str:
+    """Hand the job, ready to train, to the active Deferral; its lock stays held until the launcher is done."""
     from ablate import feedback
     from ablate.ensemble.train import GroupJob
     from ablate.runlock import hold

@@ -183,5 +183,8 @@ class BatchedLauncher(Launcher):
                   f"together as one batched ensemble (hydra/launcher=batched)")
             outcomes = train_group(deferral.jobs)
             for ret, job, outcome in zip(deferred, deferral.jobs, outcomes, strict=True):
-                ret.return_value = ablate_job.conclude(job.cfg, job.job, outcome)
+                ret.return_value = ablate_job.conclude(job.cfg, job.job, outcome, stop_if_interrupted=False)
+            stopped = [o for o in outcomes if isinstance(o, dict) and o.get("status") == "interrupted"]
+        if stopped:  # a stop request checkpointed every member: it ends the sweep, as for a job of its own
+            ablate_job.stop_sweep(stopped[0]["error"])
         return returns
