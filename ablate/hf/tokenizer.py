@@ -22,18 +22,19 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def hf_tokenizer(tokenizer: Any):
-    """ablate's tokenizer (bytes 0..255, <|endoftext|> = 256, merge k = 257 + k, GPT-2 pre-tokenization)
-    as a `PreTrainedTokenizerFast` with the same ids: a byte-level BPE whose merges are replayed by
-    rank, exactly as ablate applies them. NotExpressible if two ids spell the same bytes."""
+    """ablate's tokenizer (bytes 0..255, the special tokens from 256 in order, then merge k, GPT-2
+    pre-tokenization) as a `PreTrainedTokenizerFast` with the same ids: a byte-level BPE whose merges are
+    replayed by rank, exactly as ablate applies them, and each special token an added token that is never
+    split (the first one, which ends documents, is bos and eos). NotExpressible if two ids spell the same
+    bytes."""
     transformers = require_transformers()
     from tokenizers import AddedToken, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as FastTokenizer
 
-    from ablate.tokenizer import EOT
-
     table = _bytes_to_unicode()
     strings = ["".join(table[b] for b in tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)]
-    strings[tokenizer.eot_id] = EOT
+    for token, id in tokenizer.special_ids.items():
+        strings[id] = token
     if len(set(strings)) != len(strings):
         raise NotExpressible("tokenizer: two token ids spell the same bytes, which a Hugging Face BPE "
                              "vocabulary (one id per string) cannot hold")
@@ -42,8 +43,7 @@ def hf_tokenizer(tokenizer: Any):
     fast = FastTokenizer(bpe)
     fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     fast.decoder = decoders.ByteLevel()
-    fast.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=fast, bos_token=EOT, eos_token=EOT,
+    fast.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in tokenizer.special_tokens])
+    end = tokenizer.special_tokens[0]
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=fast, bos_token=end, eos_token=end,
                                                 model_max_length=None)
-
-
