@@ -77,9 +77,9 @@ class Run:
         accum, context = cfg.train.grad_accum, cfg.model.context_length
         global_starts = self.corpus.random_starts("train", cfg.train.batch_size, context, self.rng)
         micro_batches = global_starts.reshape(accum, world.size, -1)[:, world.rank]
-        lr = cfg.optim.lr * self.schedule(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        multiplier = self.schedule(self.step)
+        for group in self.optimizer.param_groups:  # each group's own peak rate (ablate/optim.py)
+            group["lr"] = group["initial_lr"] * multiplier
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for index, starts in enumerate(micro_batches):
@@ -96,6 +96,7 @@ class Run:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         self.optimizer.step()
+        self.raw_model.after_optimizer_step()  # modules that adapt between steps (MoE balancing biases)
         self.step += 1
         self.tokens_seen += cfg.train.batch_size * cfg.model.context_length
         return totals, grad_norm

@@ -15,7 +15,7 @@ SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 GRIDS = [name for name in SWEEPS if "# Jobs:" in (ROOT / "sweeps" / f"{name}.yaml").read_text()]
 SEARCHES = [name for name in SWEEPS if name not in GRIDS]  # Optuna: a number of trials, not a grid
 REQUIRED = {"norm", "norm_pos", "ffn", "block", "pos", "attn", "heads", "kv_heads", "d_ff", "stability", "moe",
-            "vocab", "lr", "lecture"}
+            "vocab", "lr", "lecture", "optim", "weight_decay", "dropout", "aspect", "attn_pattern"}
 
 
 # The learning-rate sweeps answer the rate question itself: tuning the rate per variant there is moot.
