@@ -102,10 +102,13 @@ def _jobs_note(sweep: Path, n_found: int) -> str:
                    if missing > 0 else "")
 
 
-def gather(sweep: Path) -> Findings:
-    """Everything the report says about `sweep`, computed once (tables, tests, tuning)."""
+def gather(sweep: Path, baseline: dict[str, str] | None = None) -> Findings:
+    """Everything the report says about `sweep`, computed once (tables, tests, tuning, ladder).
+    `baseline` ({axis: option}) overrides the runs' own compare.baseline."""
     df = load_results(sweep)
     settings = df.attrs["compare"]
+    if baseline:
+        settings["baseline"] = {**settings["baseline"], **baseline}
     runs = df[df["stage"] != TUNE_STAGE]
     runs.attrs.update(df.attrs)
     axes = swept_axes(runs, settings["tuned"])
@@ -131,15 +134,17 @@ def results_table(df) -> str:
     return df.assign(overrides=df["overrides"].map(" ".join)).to_csv(index=False)
 
 
-def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True) -> Path:
+def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True,
+                 baseline: dict[str, str] | None = None) -> Path:
     """Write the report of `sweep_dir` and return the report directory. `plots=False` writes the
-    tables and report.md/index.html without figures (fast: no matplotlib)."""
+    tables and report.md/index.html without figures (fast: no matplotlib); `baseline` ({axis: option})
+    compares against other baselines than the runs' compare.baseline."""
     sweep = Path(sweep_dir)
     if not find_runs(sweep):
         raise NoRunsError(
             f"no runs under {sweep}: expected directories containing .hydra/config.yaml or "
             f"summary.json")
-    f = gather(sweep)
+    f = gather(sweep, baseline)
     out = sweep / REPORT_DIRNAME
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.csv", results_table(f.df))

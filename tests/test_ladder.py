@@ -101,6 +101,16 @@ def test_a_ladder_that_cannot_apply_is_refused_naming_the_key(overrides, words):
     assert all(w in str(error.value) for w in words), str(error.value)
 
 
+def test_ladder_command_prints_every_rung(capsys):
+    from ablate.ladder import main
+
+    assert main(["cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  rung 0: d_model 64, 2 layers, 2 heads, 98,304 params")
+    assert lines[-1].startswith("  rung 3: d_model 192, 6 layers, 6 heads, 2,654,208 params") and "lr 0.002" in lines[-1]
+    assert main(["cpu", "ladder.aspect_ratio=48"]) == 2 and "multiple" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_rung_outside_the_ladder_before_training(tmp_path):
     done = subprocess.run([sys.executable, "ablate/run.py", "+ladder=smoke", "ladder.rung=7", "logger=none",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True)
