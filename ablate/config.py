@@ -4,7 +4,8 @@ The design axes come from the registry, not from a list here: every registered a
 whose type is the chosen option's own Config (`conf/<axis>/<option>.yaml` extends
 `/schema/<axis>/<option>`, which registration stored), so an unknown knob, a knob of another
 option or a wrong type fails at composition. Next to them sit the plain sections: the model's
-shape (`model`), the training loop (`train`) and how a sweep report compares runs (`compare`).
+shape (`model`), the training loop (`train`), how a sweep report compares runs (`compare`) and
+the scale ladder a run belongs to (`ladder`, ablate/ladder.py; empty unless `+ladder=NAME`).
 A knob states its allowed values once, on its field (`components.knobs.knob`); `ablate.validate`
 checks every value against it.
 
@@ -32,6 +33,7 @@ import ablate.loggers  # noqa: F401  (registers logger)
 from components.knobs import knob, typed  # noqa: F401  (typed is re-exported: ablate.config.typed)
 from components.registry import AXES, config_of
 from components.shape import ModelConfig
+from ablate.ladder import LadderConfig
 
 
 @dataclass
@@ -82,7 +84,8 @@ Config = dataclasses.make_dataclass(
     "Config",
     [("model", ModelConfig, field(default_factory=ModelConfig)), *axis_fields(),
      ("train", TrainConfig, field(default_factory=TrainConfig)),
-     ("compare", CompareConfig, field(default_factory=CompareConfig))],
+     ("compare", CompareConfig, field(default_factory=CompareConfig)),
+     ("ladder", LadderConfig, field(default_factory=LadderConfig))],
     namespace={"__module__": __name__, "__doc__": "The whole config of one run: model shape, one option per axis, training."},
 )
 

@@ -373,7 +373,10 @@ def prepare(cfg) -> TokenizedCorpus:
 
     def cached_tokenizer(say: bool):
         try:
-            return tokenizer_cls.load(tokenizer_path) if tokenizer_path.exists() else None
+            cached = tokenizer_cls.load(tokenizer_path) if tokenizer_path.exists() else None
+            if cached is not None and not cfg.tokenizer.matches(cached):  # verified before it is trusted
+                raise ValueError(f"its special tokens {cached.special_tokens} are not tokenizer.special_tokens")
+            return cached
         except ValueError as error:  # corrupt cache: rebuild it rather than fail the run
             if say:
                 print(f"ablate: rebuilding the tokenizer cache {tokenizer_path}: {error}", file=sys.stderr)

@@ -113,11 +113,12 @@ class Job:
 
 def run_job(cfg: DictConfig) -> float:
     """Train one job; returns its final validation loss (inf when it has none) for sweepers that optimize."""
-    from ablate import validate
+    from ablate import ladder, validate
     from ablate.runlock import RunDirBusy, hold
 
     job = Job(HydraConfig.get())
     try:
+        ladder.apply(cfg, job.overrides)  # +ladder=NAME: the rung sets the model's size and budget, once, here
         validate.check(cfg)
     except validate.ConfigError as error:
         return job.refused(cfg, error)

@@ -19,12 +19,13 @@ from components.attention import SelfAttention
 from components.layers import dropout as dropout_layer
 
 
-def make_block(cfg: Any, softcap: nn.Module) -> nn.Module:
-    """One block: attention built from attn + qk_norm (+ the soft-cap of its scores), a feed-forward
-    from ffn or moe, norms placed by norm_pos, joined serially or in parallel by block."""
+def make_block(cfg: Any, softcap: nn.Module, layer: int) -> nn.Module:
+    """Block `layer` (0-based): attention built from attn (its kernel may depend on the layer: local or
+    global) + qk_norm (+ the soft-cap of its scores), a feed-forward from ffn or moe, norms placed by
+    norm_pos, joined serially or in parallel by block."""
     m = cfg.model
-    attention = SelfAttention(m, kernel=cfg.attn.build(m, softcap=softcap.attn),
-                              qk_norm=cfg.qk_norm.build(make_head_norm=lambda: cfg.norm.build(m.head_dim, m.bias)))
+    attention = SelfAttention(m, kernel=cfg.attn.build(m, softcap=softcap.attn, layer=layer),
+                              qk_norm=cfg.qk_norm.build(m, make_norm=lambda dim: cfg.norm.build(dim, m.bias)))
     feedforward = cfg.moe.build(make_ffn=lambda d_ff: cfg.ffn.build(m.d_model, d_ff, m.bias, m.dropout),
                                 d_model=m.d_model, d_ff=cfg.ffn.hidden_size(m.d_model))
     return cfg.block.build(attention, feedforward,
@@ -43,7 +44,7 @@ class Transformer(nn.Module):
         self.pos = cfg.pos.build(m)
         self.dropout = dropout_layer(m.dropout)
         self.softcap = cfg.softcap.build()
-        self.blocks = nn.ModuleList(make_block(cfg, self.softcap) for _ in range(m.n_layers))
+        self.blocks = nn.ModuleList(make_block(cfg, self.softcap, layer) for layer in range(m.n_layers))
         needs_final_norm = type(cfg.norm_pos).component.final_norm  # post-norm blocks already end in a norm
         self.final_norm = cfg.norm.build(m.d_model, m.bias) if needs_final_norm else nn.Identity()
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
@@ -54,6 +55,9 @@ class Transformer(nn.Module):
         # rather than by walking every module at every step.
         self.reporting = [(path, module) for path, module in self.named_modules()
                           if hasattr(module, "last_aux_losses") or hasattr(module, "last_diagnostics")]
+        # Modules that adapt between optimizer steps outside the gradient (MoE balancing biases).
+        self.adapting = [module for module in self.modules()
+                         if module is not self and hasattr(module, "after_optimizer_step")]
 
     def reset_parameters(self, std: float, n_layers: int) -> None:
         """N(0, std) weights, zero biases; residual output projections scaled by 1/sqrt(2 L) (GPT-2)."""
@@ -81,6 +85,12 @@ class Transformer(nn.Module):
             for name, value in getattr(module, "last_aux_losses", {}).items():
                 totals[name] = totals[name] + value if name in totals else value
         return totals
+
+    def after_optimizer_step(self) -> None:
+        """Called by the training loop after every optimizer step: each module that adapts outside the
+        gradient (e.g. DeepSeek-V3's expert biases, moe.balance=bias) takes its step."""
+        for module in self.adapting:
+            module.after_optimizer_step()
 
     def diagnostics(self) -> dict[str, float | list[float]]:
         """Per-module measurements of the last forward (e.g. MoE expert load), keyed by module path."""

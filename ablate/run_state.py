@@ -95,13 +95,13 @@ class Run:
         return world.mean(totals), self.end_step()
 
     # The pieces of a step, also driven by ablate.ensemble for several runs at once.
-    def begin_step(self) -> float:
-        """Set this step's learning rate and clear the gradients; returns the rate."""
-        lr = self.cfg.optim.lr * self.schedule(self.step)
+    def begin_step(self) -> None:
+        """Set this step's learning rates (the schedule's multiplier of each group's own peak rate,
+        ablate/optim.py) and clear the gradients."""
+        multiplier = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["initial_lr"] * multiplier
         self.optimizer.zero_grad(set_to_none=True)
-        return lr
 
     def micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This step's (inputs, targets) per micro-batch, on the device: the next draw of the run's data order."""
@@ -117,6 +117,7 @@ class Run:
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         self.optimizer.step()
+        self.raw_model.after_optimizer_step()  # modules that adapt between steps (MoE balancing biases)
         self.step += 1
         self.tokens_seen += self.cfg.train.batch_size * self.cfg.model.context_length
         return grad_norm

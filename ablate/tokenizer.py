@@ -1,110 +1,184 @@
 """Byte-level tokenizers (the `tokenizer` axis): raw bytes, and byte-level BPE.
 
 BPE (Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units"),
-applied to UTF-8 bytes with GPT-2's regex pre-tokenization (Radford et al. 2019). Ids 0..255
-are single bytes, 256 is <|endoftext|>, and merge k gets id 257 + k. Because every byte has an
-id and the pre-tokenizer covers every character, encode/decode round-trips any string.
+applied to UTF-8 bytes with GPT-2's regex pre-tokenization (Radford et al. 2019); trained in
+`ablate.bpe_training`. Ids 0..255 are single bytes, then the special tokens in the order of
+`tokenizer.special_tokens` (default [<|endoftext|>], which is id 256), then merge k. Because every
+byte has an id and the pre-tokenizer covers every character, encode/decode round-trips any string.
 
-Training follows the CS336 assignment-1 rules: pre-tokens never span documents or special
-tokens; the most frequent adjacent pair is merged, ties going to the lexicographically greater
-(bytes_of_first, bytes_of_second). Pair counts are updated incrementally (only words holding
-the merged pair are touched) and the best pair comes from a lazily invalidated heap.
+Special tokens are never split and never merged across: text is cut at each of them before
+pre-tokenization, in training and in encoding. The first one ends every document
+(`eot_id`). A string that is not in the list, `<|endoftext|>` included, is ordinary text.
+`encode_iterable` encodes a stream of text (a file read line by line) in bounded memory.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
 import json
 import os
-from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, List, Sequence
 
 import numpy as np
-import regex
 
+from ablate.bpe_training import GPT2_PATTERN, Pair, count_pretokens, learn_merges, merge_word, special_pattern
 from ablate.files import atomic_write_bytes
 from components.knobs import knob
 from components.registry import OptionConfig, axis, register
 
 axis("tokenizer", "text to token ids: byte-level BPE or raw bytes", kind="data")
 
+EOT = "<|endoftext|>"
+EOT_ID = 256  # with the default special tokens
+FIRST_MERGE_ID = 257  # with the default special tokens
+FORMAT_VERSION = 1
+_CACHE_LIMIT = 1 << 20  # pre-token -> ids entries kept before the encode cache is reset
+STREAM_BUFFER_CHARS = 1 << 16  # encode_iterable encodes once this much text is pending
+
 
 @dataclass
 class TokenizerConfig(OptionConfig):
     """Building the option trains a tokenizer on documents: `cfg.tokenizer.build(train_documents)`."""
 
+    special_tokens: List[str] = knob(default_factory=lambda: [EOT],
+                                     doc="never split, never merged across; ids 256, 257, ...; the first ends "
+                                     "every document")
+
     def build(self, documents: Sequence[str]) -> Tokenizer:
-        return type(self).component.train(documents)
+        return type(self).component.train(documents, special_tokens=self.special_tokens)
 
     def cache_key(self) -> str:
-        """Names the trained tokenizer in the cache: the option and its settings."""
-        values = [str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "name"]
+        """Names the trained tokenizer in the cache: the option and its settings (a non-default list of
+        special tokens as a short hash of it, which a file name can hold)."""
+        values = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "special_tokens":
+                if list(value) != [EOT]:  # the default keeps the cache names of earlier versions
+                    values.append("st" + hashlib.sha256(json.dumps(list(value)).encode()).hexdigest()[:12])
+            elif f.name != "name":
+                values.append(str(value))
         return "-".join([self.name, *values])
+
+    def matches(self, tokenizer: Tokenizer) -> bool:
+        """Whether a (cached) tokenizer has the special tokens this config asks for."""
+        return tokenizer.special_tokens == list(self.special_tokens)
 
 
 @dataclass
 class BPEConfig(TokenizerConfig):
-    vocab_size: int = knob(2048, ge=257, le=2**32, doc="257 byte tokens and <|endoftext|>, plus the merges")
+    vocab_size: int = knob(2048, ge=257, le=2**32, doc="256 bytes, the special tokens, then the merges")
 
     def build(self, documents: Sequence[str]) -> Tokenizer:
-        return BPETokenizer.train(documents, self.vocab_size)
+        return BPETokenizer.train(documents, self.vocab_size, special_tokens=self.special_tokens)
 
-EOT = "<|endoftext|>"
-EOT_ID = 256
-FIRST_MERGE_ID = 257
-FORMAT_VERSION = 1
-GPT2_PATTERN = regex.compile(
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
-_PARALLEL_MIN_CHARS = 2_000_000  # below this, worker start-up costs more than it saves
-_CACHE_LIMIT = 1 << 20  # pre-token -> ids entries kept before the encode cache is reset
 
-Pair = tuple[int, int]
+def special_tokens_problem(cfg) -> str | None:
+    """The refusal of a tokenizer.special_tokens list, or None."""
+    tokens = list(cfg.tokenizer.special_tokens)
+    if not tokens:
+        return ("tokenizer.special_tokens=[] is not allowed: the first special token ends every document, so the "
+                f"list needs at least one, e.g. [{EOT}].")
+    bad = [t for t in tokens if not isinstance(t, str) or not t]
+    if bad:
+        return f"tokenizer.special_tokens={tokens} is not allowed: each must be a non-empty string."
+    if len(set(tokens)) != len(tokens):
+        return f"tokenizer.special_tokens={tokens} is not allowed: a token is listed twice."
+    return None
 
 
 class Tokenizer:
-    """Shared machinery: a byte vocabulary plus an ordered list of merges (empty for bytes)."""
+    """Shared machinery: a byte vocabulary, the special tokens, then an ordered list of merges (empty for bytes)."""
 
     kind: ClassVar[str]
-    eot_id: int = EOT_ID
 
-    def __init__(self, merges: Iterable[Sequence[int]] = ()):
+    def __init__(self, merges: Iterable[Sequence[int]] = (), special_tokens: Sequence[str] = (EOT,)):
+        self.special_tokens: list[str] = list(special_tokens)
+        if not self.special_tokens or len(set(self.special_tokens)) != len(self.special_tokens) or \
+                not all(isinstance(t, str) and t for t in self.special_tokens):
+            raise ValueError(f"special tokens {self.special_tokens}: need one or more distinct non-empty strings")
+        self.special_ids = {token: 256 + i for i, token in enumerate(self.special_tokens)}
+        self.eot_id: int = 256  # the first special token ends every document
+        self.first_merge_id = 256 + len(self.special_tokens)
+        self._specials = special_pattern(self.special_tokens)
         self.merges: list[Pair] = []
-        self._vocab: list[bytes] = [bytes([i]) for i in range(256)] + [EOT.encode("utf-8")]
+        self._vocab: list[bytes] = [bytes([i]) for i in range(256)] + [t.encode("utf-8") for t in self.special_tokens]
         for a, b in merges:
             new_id = len(self._vocab)
-            if not all(isinstance(x, int) and 0 <= x < new_id and x != EOT_ID for x in (a, b)):
-                raise ValueError(f"merge {new_id - FIRST_MERGE_ID} ({a}, {b}) refers to an invalid id")
+            if not all(isinstance(x, int) and 0 <= x < new_id and not 256 <= x < self.first_merge_id for x in (a, b)):
+                raise ValueError(f"merge {new_id - self.first_merge_id} ({a}, {b}) refers to an invalid id")
             self.merges.append((a, b))
             self._vocab.append(self._vocab[a] + self._vocab[b])
         self.vocab_size: int = len(self._vocab)
-        self._merge_id: dict[Pair, int] = {p: FIRST_MERGE_ID + k for k, p in enumerate(self.merges)}
+        self._merge_id: dict[Pair, int] = {p: self.first_merge_id + k for k, p in enumerate(self.merges)}
         self._cache: dict[str, list[int]] = {}
 
     # -- encoding -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text``; each literal "<|endoftext|>" becomes ``eot_id``."""
+        """Ids of ``text``; each special token in it becomes its id."""
+        if self._specials is None:
+            return self._encode_ordinary(text)
         ids: list[int] = []
-        for i, part in enumerate(text.split(EOT)):
-            if i:
-                ids.append(EOT_ID)
-            ids.extend(self._encode_ordinary(part))
+        start = 0
+        for match in self._specials.finditer(text):
+            ids.extend(self._encode_ordinary(text[start:match.start()]))
+            ids.append(self.special_ids[match.group()])
+            start = match.end()
+        ids.extend(self._encode_ordinary(text[start:]))
         return ids
+
+    def encode_iterable(self, chunks: Iterable[str], buffer_chars: int = STREAM_BUFFER_CHARS) -> Iterator[int]:
+        """The ids `encode("".join(chunks))` gives, yielded as the chunks arrive (e.g. an open text file, read
+        line by line, or `iter(lambda: f.read(1 << 20), "")` for a file without line breaks), holding only
+        the pending text (at most about buffer_chars plus a chunk) in memory.
+
+        Pending text is encoded up to a point no later text can change: before the last two pre-tokens of
+        its final stretch of ordinary text (a pre-token's extent depends on at most the 2 characters after
+        it: "'" + "ll"; a later pre-token settles the one before), and before any tail that could still
+        become a special token."""
+        pending = ""
+        for chunk in chunks:
+            pending += chunk
+            if len(pending) >= buffer_chars:
+                ids, pending = self._encode_final_part(pending)
+                yield from ids
+        yield from self.encode(pending)
+
+    def _encode_final_part(self, text: str) -> tuple[list[int], str]:
+        """(ids of the longest prefix of `text` that no continuation can change, the rest of `text`)."""
+        limit = len(text)
+        for token in self.special_tokens:  # a tail that is the start of a special token waits for the rest
+            for k in range(min(len(token) - 1, len(text)), 0, -1):
+                if token.startswith(text[-k:]):
+                    limit = min(limit, len(text) - k)
+                    break
+        head = text[:limit]
+        last_special = max((m.end() for m in self._specials.finditer(head)), default=0) if self._specials else 0
+        # The pre-tokens as found in context: the last ones of a string are cut differently at its end
+        # (a trailing "\n\n" is one pre-token, but "\n" + "\n" before a letter), so the settled ones are
+        # encoded as they are, not re-split.
+        pieces = GPT2_PATTERN.findall(head[last_special:])
+        settled = pieces[:-2]
+        cut = last_special + sum(map(len, settled))
+        return self.encode(text[:last_special]) + self._encode_pieces(settled), text[cut:]
 
     def _encode_ordinary(self, text: str) -> list[int]:
         """Ids of text holding no special token."""
         if not self.merges:
             return list(text.encode("utf-8"))
+        return self._encode_pieces(GPT2_PATTERN.findall(text))
+
+    def _encode_pieces(self, pieces: Iterable[str]) -> list[int]:
+        """Ids of pre-tokens, each merged on its own (cached)."""
+        if not self.merges:
+            return [b for piece in pieces for b in piece.encode("utf-8")]
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         ids: list[int] = []
         cache = self._cache
-        for piece in GPT2_PATTERN.findall(text):
+        for piece in pieces:
             piece_ids = cache.get(piece)
             if piece_ids is None:
                 piece_ids = cache[piece] = self._apply_merges(list(piece.encode("utf-8")))
@@ -119,7 +193,7 @@ class Tokenizer:
             best = min(zip(ids, ids[1:]), key=lambda p: merge_id.get(p, 1 << 62))
             if best not in merge_id:
                 break
-            ids = _merge_word(ids, best, merge_id[best])
+            ids = merge_word(ids, best, merge_id[best])
         return ids
 
     def encode_documents(self, docs: Sequence[str]) -> np.ndarray:
@@ -129,7 +203,7 @@ class Tokenizer:
         ids: list[int] = []
         for doc in docs:
             ids.extend(self.encode(doc))
-            ids.append(EOT_ID)
+            ids.append(self.eot_id)
         dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
         return np.array(ids, dtype=dtype)
 
@@ -147,7 +221,7 @@ class Tokenizer:
 
     # -- persistence ----------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return {"type": self.kind, "special_tokens": {EOT: EOT_ID}, "merges": [list(m) for m in self.merges]}
+        return {"type": self.kind, "special_tokens": dict(self.special_ids), "merges": [list(m) for m in self.merges]}
 
     def fingerprint(self) -> str:
         """Short hash of type, specials and merges: equal fingerprints mean equal encodings."""
@@ -178,13 +252,17 @@ class Tokenizer:
         if state.get("version") != FORMAT_VERSION:
             raise ValueError(f"tokenizer file {path} has version {state.get('version')!r}, "
                              f"this code reads version {FORMAT_VERSION}")
-        if state.get("special_tokens") != {EOT: EOT_ID}:
-            raise ValueError(f"tokenizer file {path} has special tokens {state.get('special_tokens')!r}")
+        specials = state.get("special_tokens")
+        if not isinstance(specials, dict) or not specials or \
+                sorted(specials.values()) != list(range(256, 256 + len(specials))):
+            raise ValueError(f"tokenizer file {path} has special tokens {specials!r}; expected a mapping of "
+                             f"tokens to the ids 256, 257, ...")
+        special_tokens = sorted(specials, key=specials.get)
         merges = state.get("merges", [])
         if not isinstance(merges, list) or not all(isinstance(m, list) and len(m) == 2 for m in merges):
             raise ValueError(f"tokenizer file {path}: 'merges' must be a list of [id_a, id_b] pairs")
         try:
-            tok = target._from_merges(merges)
+            tok = target._from_merges(merges, special_tokens)
         except ValueError as e:
             raise ValueError(f"tokenizer file {path}: {e}") from None
         if state.get("vocab_size") != tok.vocab_size:
@@ -196,58 +274,76 @@ class Tokenizer:
         return tok
 
     @classmethod
-    def _from_merges(cls, merges: list[list[int]]) -> Tokenizer:
-        return cls(merges)
+    def _from_merges(cls, merges: list[list[int]], special_tokens: Sequence[str]) -> Tokenizer:
+        return cls(merges, special_tokens)
 
     @classmethod
-    def train(cls, documents: Sequence[str], vocab_size: int) -> Tokenizer:
+    def train(cls, documents: Sequence[str], vocab_size: int, special_tokens: Sequence[str] = (EOT,)) -> Tokenizer:
         raise NotImplementedError
+
+    @staticmethod
+    def check_config(cfg) -> str | None:
+        return special_tokens_problem(cfg)
 
 
 @register("tokenizer", "byte")
 class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes as ids 0..255 plus <|endoftext|> = 256: vocab_size is always 257."""
+    """UTF-8 bytes as ids 0..255, then the special tokens: vocab_size is 256 + their number (257 by default)."""
 
     Config = TokenizerConfig
     kind = "byte"
 
-    def __init__(self) -> None:
-        super().__init__(())
+    def __init__(self, special_tokens: Sequence[str] = (EOT,)) -> None:
+        super().__init__((), special_tokens)
 
     @classmethod
-    def _from_merges(cls, merges: list[list[int]]) -> Tokenizer:
+    def _from_merges(cls, merges: list[list[int]], special_tokens: Sequence[str]) -> Tokenizer:
         if merges:
             raise ValueError("a byte tokenizer has no merges")
-        return cls()
+        return cls(special_tokens)
 
     @classmethod
-    def train(cls, documents: Sequence[str], vocab_size: int = 257) -> ByteTokenizer:
-        """Nothing to learn: documents are ignored, but vocab_size must be exactly 257."""
-        if vocab_size != FIRST_MERGE_ID:
+    def train(cls, documents: Sequence[str], vocab_size: int | None = None,
+              special_tokens: Sequence[str] = (EOT,)) -> ByteTokenizer:
+        """Nothing to learn: documents are ignored; a vocab_size, if given, must be 256 + the special tokens."""
+        size = 256 + len(special_tokens)
+        if vocab_size is not None and vocab_size != size:
             raise ValueError(f"tokenizer.vocab_size={vocab_size} but the byte tokenizer has "
-                             f"exactly {FIRST_MERGE_ID} ids (256 bytes + {EOT})")
-        return cls()
+                             f"exactly {size} ids (256 bytes + {len(special_tokens)} special tokens)")
+        return cls(special_tokens)
 
 
 @register("tokenizer", "bpe")
 class BPETokenizer(Tokenizer):
-    """Byte-level BPE; ``vocab_size`` is 257 + number of merges."""
+    """Byte-level BPE; ``vocab_size`` is 256 + the special tokens + the number of merges."""
 
     Config = BPEConfig
     kind = "bpe"
 
+    @staticmethod
+    def check_config(cfg) -> str | None:
+        problem = special_tokens_problem(cfg)
+        least = 256 + len(cfg.tokenizer.special_tokens)
+        if problem is None and cfg.tokenizer.vocab_size < least:
+            return (f"tokenizer.vocab_size={cfg.tokenizer.vocab_size} is not allowed with "
+                    f"{len(cfg.tokenizer.special_tokens)} special tokens: byte-level BPE needs at least {least} "
+                    f"(256 bytes + the special tokens).")
+        return problem
+
     @classmethod
-    def train(cls, documents: Sequence[str], vocab_size: int, *, workers: int | None = None) -> BPETokenizer:
-        """Learn up to ``vocab_size - 257`` merges; fewer if the corpus runs out of pairs
-        (then the returned ``vocab_size`` is smaller than asked)."""
+    def train(cls, documents: Sequence[str], vocab_size: int, *, workers: int | None = None,
+              special_tokens: Sequence[str] = (EOT,)) -> BPETokenizer:
+        """Learn up to ``vocab_size - 256 - len(special_tokens)`` merges; fewer if the corpus runs out of
+        pairs (then the returned ``vocab_size`` is smaller than asked)."""
         if isinstance(documents, str):
             raise TypeError("train takes a sequence of documents, not one string")
-        if vocab_size < FIRST_MERGE_ID:
+        first_merge = 256 + len(special_tokens)
+        if vocab_size < first_merge:
             raise ValueError(f"tokenizer.vocab_size={vocab_size} is too small: byte-level BPE "
-                             f"needs at least {FIRST_MERGE_ID} (256 bytes + {EOT})")
-        counts = count_pretokens(documents, workers)
+                             f"needs at least {first_merge} (256 bytes + {len(special_tokens)} special tokens)")
+        counts = count_pretokens(documents, workers, special_tokens)
         words = [list(piece.encode("utf-8")) for piece in counts]
-        return cls(learn_merges(words, list(counts.values()), vocab_size - FIRST_MERGE_ID))
+        return cls(learn_merges(words, list(counts.values()), vocab_size - first_merge, special_tokens), special_tokens)
 
 
 _TYPES: dict[str, type[Tokenizer]] = {"bpe": BPETokenizer, "byte": ByteTokenizer}
@@ -256,133 +352,3 @@ _TYPES: dict[str, type[Tokenizer]] = {"bpe": BPETokenizer, "byte": ByteTokenizer
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a saved tokenizer of whichever type its JSON "type" field names."""
     return Tokenizer.load(path)
-
-
-# -- training internals -----------------------------------------------------------------------
-def _count_serial(documents: Sequence[str]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for doc in documents:
-        for part in doc.split(EOT):  # special tokens are cut out, so nothing merges across them
-            counts.update(GPT2_PATTERN.findall(part))
-    return counts
-
-
-def count_pretokens(documents: Sequence[str], workers: int | None = None) -> Counter[str]:
-    """Pre-token frequencies over all documents, each document split on its own."""
-    documents = list(documents)
-    workers = min(workers or os.cpu_count() or 1, len(documents))
-    if workers <= 1 or sum(map(len, documents)) < _PARALLEL_MIN_CHARS:
-        return _count_serial(documents)
-    chunks = [documents[i::workers] for i in range(workers)]
-    try:
-        with ProcessPoolExecutor(workers) as pool:
-            partials = list(pool.map(_count_serial, chunks))
-    except (OSError, BrokenProcessPool):  # no processes allowed here: counting is still correct serially
-        return _count_serial(documents)
-    total = partials[0]
-    for c in partials[1:]:
-        total.update(c)
-    return total
-
-
-class _Desc:
-    """Reverses ordering so a min-heap yields the lexicographically greater pair first."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[bytes, bytes]):
-        self.key = key
-
-    def __lt__(self, other: _Desc) -> bool:
-        return self.key > other.key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and self.key == other.key
-
-
-def _merge_word(word: list[int], pair: Pair, new_id: int) -> list[int]:
-    """Replace non-overlapping occurrences of ``pair``, left to right."""
-    a, b = pair
-    out: list[int] = []
-    i, n = 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == a and word[i + 1] == b:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
-
-
-def _merge_word_counting(word: list[int], a: int, b: int, new_id: int, f: int, delta: defaultdict[Pair, int],
-                         w: int, where: defaultdict[Pair, set[int]]) -> list[int]:
-    """`_merge_word` that also records how the pair counts of word `w` (frequency f) change, touching
-    only the pairs around each merge: (left, a) and (b, right) become (left, X) and (X, right), and
-    (a, b) goes; two adjacent merges turn (b, a) into (X, X). Pairs it creates index `w` in `where`."""
-    out: list[int] = []
-    i, n = 0, len(word)
-    just_merged = False
-    while i < n:
-        if i + 1 < n and word[i] == a and word[i + 1] == b:
-            delta[a, b] -= f
-            if out:
-                left = out[-1]
-                old_left = b if just_merged else left  # the byte pair that sat left of this `a`
-                delta[old_left, a] -= f
-                delta[left, new_id] += f
-                where[left, new_id].add(w)
-            out.append(new_id)
-            i += 2
-            just_merged = True
-        else:
-            if just_merged:  # the right neighbour of the merge before
-                delta[b, word[i]] -= f
-                delta[new_id, word[i]] += f
-                where[new_id, word[i]].add(w)
-            out.append(word[i])
-            i += 1
-            just_merged = False
-    return out
-
-
-def learn_merges(words: list[list[int]], freqs: list[int], num_merges: int) -> list[Pair]:
-    """BPE merges for ``words`` (byte ids) occurring ``freqs`` times each; ``words`` is
-    rewritten in place as merges are applied."""
-    vocab = [bytes([i]) for i in range(256)] + [EOT.encode("utf-8")]
-    counts: defaultdict[Pair, int] = defaultdict(int)
-    where: defaultdict[Pair, set[int]] = defaultdict(set)  # pair -> ids of words that held it (a superset)
-    for w, (word, f) in enumerate(zip(words, freqs)):
-        for p in zip(word, word[1:]):
-            counts[p] += f
-            where[p].add(w)
-    heap = [(-c, _Desc((vocab[a], vocab[b])), (a, b)) for (a, b), c in counts.items()]
-    heapq.heapify(heap)
-    merges: list[Pair] = []
-    while len(merges) < num_merges:
-        # Lazy invalidation: every count change pushed a fresh entry, so an entry whose count
-        # no longer matches is stale and skipped.
-        while heap and counts.get(heap[0][2], 0) != -heap[0][0]:
-            heapq.heappop(heap)
-        if not heap:
-            break
-        pair = heapq.heappop(heap)[2]
-        a, b = pair
-        new_id = len(vocab)
-        merges.append(pair)
-        vocab.append(vocab[a] + vocab[b])
-        delta: defaultdict[Pair, int] = defaultdict(int)
-        for w in where.pop(pair):
-            word = words[w]
-            if a in word and b in word:  # else a stale entry (words keep their index entries): nothing to merge
-                words[w] = _merge_word_counting(word, a, b, new_id, freqs[w], delta, w, where)
-        for p, d in delta.items():
-            if d == 0:
-                continue
-            c = counts[p] = counts[p] + d
-            if c > 0:
-                heapq.heappush(heap, (-c, _Desc((vocab[p[0]], vocab[p[1]])), p))
-            else:  # 0 exactly: counts are sums of whole-word frequencies
-                del counts[p]
-                where.pop(p, None)
-    return merges

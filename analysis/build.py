@@ -1,5 +1,6 @@
 """Build `<sweep_dir>/report/`: results.csv, comparisons.csv, report.md, index.html and the
-figures (differences.png, loss_curves.png, final_loss.png, throughput.png, tuning.png).
+figures (differences.png, loss_curves.png, final_loss.png, throughput.png, tuning.png); for a scale
+ladder (`+ladder=NAME`) also scaling.csv, multipliers.csv, transfer.csv and scaling.png.
 
 Works on sweeps that are still running or partly failed: nothing is silently dropped.
 Lives apart from `analysis.report` (the CLI) so that `python -m analysis.report` does not find
@@ -17,7 +18,8 @@ from analysis.collect import REPORT_DIRNAME, find_runs, load_curves, load_result
 from analysis.findings import Findings
 from analysis.html import to_html
 from analysis.markdown import document, to_markdown
-from analysis.stats import choose_metric, config_table, ranked_tables
+from analysis.ladder import RUNG_KEY, is_ladder, ladder_of
+from analysis.stats import axis_table, choose_metric, config_table, ranked_tables
 from analysis.tuning import TUNE_STAGE, tuning_of
 from analysis.verdict import compare_axes, comparisons_frame
 
@@ -100,20 +102,31 @@ def _jobs_note(sweep: Path, n_found: int) -> str:
                    if missing > 0 else "")
 
 
-def gather(sweep: Path) -> Findings:
-    """Everything the report says about `sweep`, computed once (tables, tests, tuning)."""
+def gather(sweep: Path, baseline: dict[str, str] | None = None) -> Findings:
+    """Everything the report says about `sweep`, computed once (tables, tests, tuning, ladder).
+    `baseline` ({axis: option}) overrides the runs' own compare.baseline."""
     df = load_results(sweep)
     settings = df.attrs["compare"]
+    if baseline:
+        settings["baseline"] = {**settings["baseline"], **baseline}
     runs = df[df["stage"] != TUNE_STAGE]
     runs.attrs.update(df.attrs)
     axes = swept_axes(runs, settings["tuned"])
+    # A ladder's rung is swept but not compared: it holds cells apart like another axis (seeds pair
+    # within a rung) and the scale section fits loss against compute over it.
+    context = [RUNG_KEY] if is_ladder(runs, axes) else []
+    axes = [a for a in axes if a not in context]
     metric, reason = choose_metric(runs)
-    tables = ranked_tables(runs, axes, metric)
-    configs = config_table(runs, axes, metric) if len(axes) > 1 else None
-    comparisons, info = compare_axes(runs, axes, metric, settings)
+    tables = ({a: axis_table(runs, a, axes + context, metric) for a in axes} if context
+              else ranked_tables(runs, axes, metric))
+    configs = config_table(runs, axes + context, metric) if len(axes + context) > 1 else None
+    comparisons, info = compare_axes(runs, axes, metric, settings, context)
     note = _jobs_note(sweep, len(df)) if not (sweep / ".hydra").is_dir() else ""
-    return Findings(str(sweep.resolve()), df, runs, axes, metric, reason, tables, configs, comparisons,
-                    info, settings, note, tuning_of(df, axes, metric, settings["tuned"]))
+    findings = Findings(str(sweep.resolve()), df, runs, axes, metric, reason, tables, configs, comparisons,
+                        info, settings, note, tuning_of(df, axes + context, metric, settings["tuned"]))
+    if context:
+        findings.ladder = ladder_of(runs, axes, metric, settings, info)
+    return findings
 
 
 def results_table(df) -> str:
@@ -121,19 +134,25 @@ def results_table(df) -> str:
     return df.assign(overrides=df["overrides"].map(" ".join)).to_csv(index=False)
 
 
-def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True) -> Path:
+def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True,
+                 baseline: dict[str, str] | None = None) -> Path:
     """Write the report of `sweep_dir` and return the report directory. `plots=False` writes the
-    tables and report.md/index.html without figures (fast: no matplotlib)."""
+    tables and report.md/index.html without figures (fast: no matplotlib); `baseline` ({axis: option})
+    compares against other baselines than the runs' compare.baseline."""
     sweep = Path(sweep_dir)
     if not find_runs(sweep):
         raise NoRunsError(
             f"no runs under {sweep}: expected directories containing .hydra/config.yaml or "
             f"summary.json")
-    f = gather(sweep)
+    f = gather(sweep, baseline)
     out = sweep / REPORT_DIRNAME
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.csv", results_table(f.df))
     write_text(out / "comparisons.csv", comparisons_frame(f.comparisons).to_csv(index=False))
+    if f.ladder is not None:  # a scale ladder: fits, multipliers and the verdict at every rung
+        write_text(out / "scaling.csv", f.ladder.scaling_frame().to_csv(index=False))
+        write_text(out / "multipliers.csv", f.ladder.multipliers_frame().to_csv(index=False))
+        write_text(out / "transfer.csv", f.ladder.transfer.to_csv(index=False))
     figures: list[str] = []
     if plots:
         from analysis.plots import draw_all  # lazy: matplotlib costs ~1 s

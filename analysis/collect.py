@@ -25,7 +25,7 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SUMMARY_FIELDS = [name for name in RUN_SUMMARY_FIELDS if name not in ("choices", "overrides", "sample")]
 # Columns that are never override keys (used to recognise override columns in a table read
 # back from results.csv, where DataFrame.attrs are lost).
-KNOWN_COLUMNS = {"run", "overrides", "choices", "stage", "did_not_learn", "tokens_per_s_reliable",
+KNOWN_COLUMNS = {"run", "overrides", "choices", "stage", "did_not_learn", "tokens_per_s_reliable", "lr_at_rung",
                  *SUMMARY_FIELDS}
 REPORT_DIRNAME = "report"
 RUNNING = "running"
@@ -186,6 +186,8 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
     if summary is None:
         row["status"] = RUNNING
         _fill_from_metrics(row, read_metrics(run_dir))
+    if select(config, "ladder.rung") is not None:  # a ladder's rung (ablate/ladder.py) set the rate it trained at
+        row["lr_at_rung"] = select(config, "optim.lr")
     row["stage"] = str(select(config, "compare.stage") or DEFAULT_STAGE)
     row["_compare"] = select(config, "compare")
     row["_config"] = config  # dropped by load_results; used to fill keys a run did not override

@@ -30,6 +30,7 @@ class Findings:
     settings: dict[str, Any]          # compare.baseline / tuned / alpha
     jobs_note: str = ""
     tuning: Any = None                # analysis.tuning.Tuning when keys were tuned per variant
+    ladder: Any = None                # analysis.ladder.Ladder when the runs climb a scale ladder
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,11 +93,14 @@ def held_fixed(f: Findings) -> str:
         series = pd.to_numeric(runs[column], errors="coerce") if numeric else runs[column]
         return _values(series, fmt) if series.notna().any() else None
 
-    shape = [(value("model.d_model"), "d_model {}"), (value("model.n_layers"), "{} layers"),
-             (value("model.n_heads"), "{} heads"), (value("model.context_length"), "context {}")]
+    shape = [(value("model.d_model", "{:g}"), "d_model {}"), (value("model.n_layers", "{:g}"), "{} layers"),
+             (value("model.n_heads", "{:g}"), "{} heads"), (value("model.context_length", "{:g}"), "context {}")]
     shape_text = ", ".join(fmt.format(v) for v, fmt in shape if v)
     model = value("choice.model", numeric=False)
     parts = []
+    ladder = value("choice.ladder", numeric=False)
+    if ladder:
+        parts.append(f"ladder `{ladder}` (the model's size set by `ladder.rung`)")
     if model:
         parts.append(f"model `{model}`" + (f" ({shape_text})" if shape_text else ""))
     params, non_embedding = value("params_total", "{:,.0f}"), value("params_non_embedding", "{:,.0f}")
@@ -135,7 +139,12 @@ def opening_paragraph(f: Findings) -> str:
                    f"α = {f.settings.get('alpha', 0.05)}): " + "; ".join(clauses) + ".")
     else:
         verdict = "**Verdict:** no axis was swept, so there is nothing to compare; the runs are summarized below."
-    return f"**Question:** {question} {verdict} {held_fixed(f)}"
+    scale = ""
+    if f.ladder is not None:
+        from analysis.ladder import opening_sentences
+
+        scale = " " + opening_sentences(f.ladder)
+    return f"**Question:** {question} {verdict}{scale} {held_fixed(f)}"
 
 
 def power_sentence(info: dict[str, Any], metric: str) -> str:

@@ -26,6 +26,9 @@ FIGURES = [
     ("final_loss.png", "final metric per option: every run as a dot, mean with 95 % CI"),
     ("throughput.png", "training throughput (tokens/s) per option, and final metric against it; "
                        "hollow: measured while other processes took the CPU (unreliable)"),
+    ("scaling.png", "scale ladder: loss against compute on log axes (dots: runs; bars: each rung's seed range; "
+                    "lines: separate fits, dashed beyond the largest rung; grey: not used for a verdict), and each "
+                    "variant's compute multiplier against the baseline"),
     ("tuning.png", "per variant: the metric on the tuning seeds against the tuned value; star: the "
                    "value chosen for the verdict's runs"),
 ]
@@ -238,13 +241,18 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
         if info:
             blocks.append(Para(power_sentence(info, f.metric)))
         blocks += _option_blocks(t, axis, [axis], f.metric)
+    keys = f.axes + ([f.ladder.rung_key] if f.ladder is not None else [])  # a ladder's rung holds cells apart too
     if f.configs is not None:
         blocks += [Heading(2, "Per configuration (all swept axes, over seeds)"),
-                   *_option_blocks(f.configs, "configuration", f.axes, f.metric)]
+                   *_option_blocks(f.configs, "configuration", keys, f.metric)]
+    if f.ladder is not None:
+        from analysis.ladder_report import ladder_blocks
+
+        blocks += [Heading(2, "Scale ladder"), *ladder_blocks(f.ladder, Para, Table)]
     if f.tuning is not None:
         blocks += [Heading(2, "Tuning"), *f.tuning.blocks(Para, Table)]
     blocks += [Heading(2, "Runs not in the means"),
-               *not_in_means_blocks(f.runs, f.metric, f.axes, tuned=bool(f.settings.get("tuned"))),
+               *not_in_means_blocks(f.runs, f.metric, keys, tuned=bool(f.settings.get("tuned"))),
                Heading(2, "Figures")]
     shown = figures if figures is not None else []
     captions = dict(FIGURES)

@@ -300,6 +300,10 @@ def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
         "final_loss.png": lambda: final_figure(f.runs, per_axis, f.metric, f.axes),
         "throughput.png": lambda: throughput_figure(f.runs, per_axis, f.axes, f.metric),
     }
+    if f.ladder is not None:
+        from analysis.ladder_report import scaling_figure
+
+        figures["scaling.png"] = lambda: scaling_figure(f.ladder)
     if f.tuning is not None:
         figures["tuning.png"] = lambda: tuning_figure(f.tuning)
     written = []

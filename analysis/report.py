@@ -3,11 +3,13 @@
 DIR/report/ holds results.csv (one row per run), comparisons.csv (each option against its axis's
 baseline: difference, 95 % CI, p, Holm-adjusted p, verdict), report.md, index.html (the same report
 for a browser, with the figures) and the figures differences.png, loss_curves.png, final_loss.png,
-throughput.png (and tuning.png when keys were tuned per variant).
+throughput.png (and tuning.png when keys were tuned per variant); for a scale ladder (+ladder=NAME)
+scaling.csv, multipliers.csv, transfer.csv and scaling.png.
 
     python -m analysis.report DIR              # the whole report
     python -m analysis.report DIR --no-plots   # tables and text only (no matplotlib: fast)
     python -m analysis.report DIR --speed      # also time every option interleaved in one process
+    python -m analysis.report DIR --baseline ffn=gelu   # compare with another baseline than the runs named
 
 DIR is a Hydra multirun dir (multirun/DATE/TIME) or a single run dir. Exit status 2 when DIR
 holds no runs.
@@ -37,12 +39,22 @@ def main(argv: list[str] | None = None) -> int:
                              "this machine (imports torch) and write report/speed.csv; tokens/s "
                              "recorded by runs that shared a busy machine measure its load")
     parser.add_argument("--speed-steps", type=int, default=20, help="timed steps per option (--speed)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="AXIS=OPTION",
+                        help="compare every option of AXIS with OPTION (repeatable), whatever compare.baseline "
+                             "the runs recorded; e.g. --baseline ffn=gelu")
     args = parser.parse_args(argv)
+    baseline = {}
+    for item in args.baseline:
+        axis, sep, option = item.partition("=")
+        if not sep or not axis or not option:
+            print(f"error: --baseline {item!r}: expected AXIS=OPTION, e.g. --baseline ffn=gelu", file=sys.stderr)
+            return 2
+        baseline[axis.strip()] = option.strip()
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a directory", file=sys.stderr)
         return 2
     try:
-        out = build_report(args.dir, plots=not args.no_plots)
+        out = build_report(args.dir, plots=not args.no_plots, baseline=baseline)
     except NoRunsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -234,13 +234,16 @@ def baseline_of(axis: str, options: list[str], settings: dict[str, Any]) -> tupl
                         f"compare.baseline={{{axis.lstrip('+')}: OPTION}} to choose)")
 
 
-def compare_axes(df: pd.DataFrame, axes: list[str], metric: str,
-                 settings: dict[str, Any]) -> tuple[list[Comparison], dict[str, dict[str, Any]]]:
+def compare_axes(df: pd.DataFrame, axes: list[str], metric: str, settings: dict[str, Any],
+                 context: list[str] | None = None) -> tuple[list[Comparison], dict[str, dict[str, Any]]]:
     """Every option of every axis against the axis's baseline, Holm-corrected together.
 
+    `context`: swept keys that are not compared but hold cells apart like another axis (a ladder's
+    rung: runs pair by seed within a rung, and a difference is averaged over the rungs).
     Returns the comparisons and, per axis, its baseline, where the baseline came from, and the
     noise and power figures (`axis_noise`)."""
     alpha = float(settings.get("alpha", 0.05))
+    context = list(context or [])
     runs = df[df["stage"] == "verdict"] if "stage" in df else df
     comparisons: list[Comparison] = []
     info: dict[str, dict[str, Any]] = {}
@@ -249,7 +252,7 @@ def compare_axes(df: pd.DataFrame, axes: list[str], metric: str,
         options = list(dict.fromkeys(values))
         baseline, source = baseline_of(axis, options, settings)
         base_mask = values == baseline
-        others = [a for a in axes if a != axis]
+        others = [a for a in axes if a != axis] + context
         info[axis] = {"baseline": baseline, "source": source, "options": options}
         for option in options:
             if option == baseline:
@@ -269,7 +272,7 @@ def compare_axes(df: pd.DataFrame, axes: list[str], metric: str,
     decide(comparisons, alpha)
     n_tests = sum(not math.isnan(c.p_value) for c in comparisons)
     for axis in axes:
-        info[axis].update(axis_noise(df, runs, axis, axes, metric, [c for c in comparisons if c.axis == axis],
+        info[axis].update(axis_noise(df, runs, axis, axes + context, metric, [c for c in comparisons if c.axis == axis],
                                      alpha, n_tests))
     return comparisons, info
 

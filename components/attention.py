@@ -5,7 +5,8 @@
 n_kv_heads). The registered `attn` option is the *kernel*: how causal attention is computed
 from q (batch, n_heads, T, head_dim) and k, v (batch, n_kv_heads, T, head_dim); each k/v head
 serves n_heads / n_kv_heads query heads (Ainslie et al. 2023). A kernel is built as
-`Kernel(cfg, model, softcap)` and states the forward FLOPs of its scores (`score_flops_per_token`).
+`Kernel(cfg, model, softcap, layer)` (layer: the block's 0-based index, for patterns that differ by
+layer) and states the forward FLOPs of its scores (`score_flops_per_token`).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from components.positional import PositionEncoding
 from components.registry import OptionConfig, axis, lookup, options, register
 from components.shape import ModelConfig
 
-axis("attn", "attention pattern / kernel: full, sliding window, strided sparse or linear")
-axis("qk_norm", "normalize queries and keys per head before the dot product")
+axis("attn", "attention pattern / kernel: full, sliding window, local/global, strided sparse or linear")
+axis("qk_norm", "normalize queries and keys (per head or over the whole projection) before the dot product")
 
 
 def scores_bias_free(pos_option: type) -> bool:
@@ -76,7 +77,7 @@ def causal_mask(T: int, device: torch.device) -> torch.Tensor:
 class Kernel(nn.Module):
     """What every kernel keeps: the model's shape, attention dropout and the score soft-cap."""
 
-    def __init__(self, cfg: OptionConfig, model: ModelConfig, softcap: float | None = None):
+    def __init__(self, cfg: OptionConfig, model: ModelConfig, softcap: float | None = None, layer: int = 0):
         super().__init__()
         self.d_model, self.context_length = model.d_model, model.context_length
         self.dropout, self.softcap = model.dropout, softcap
@@ -154,7 +155,7 @@ class SlidingWindowAttention(PatternAttention):
 
     Config = WindowConfig
 
-    def __init__(self, cfg: WindowConfig, model: ModelConfig, softcap: float | None = None):
+    def __init__(self, cfg: WindowConfig, model: ModelConfig, softcap: float | None = None, layer: int = 0):
         super().__init__(cfg, model, softcap)
         self.window = cfg.window
 
@@ -163,6 +164,42 @@ class SlidingWindowAttention(PatternAttention):
 
     def allows(self, offset: torch.Tensor) -> torch.Tensor:
         return offset < self.window
+
+
+@dataclass
+class LocalGlobalConfig(WindowConfig):
+    global_every: int = knob(2, ge=1, doc="every global_every-th layer (layers global_every - 1, 2 global_every - 1, "
+                             "...) attends to the full context; the others use the sliding window")
+
+    def is_global(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) is a full-attention layer: Gemma 2's and Gemma 3's rule, the last
+        layer of every group of global_every ((layer + 1) % global_every == 0; HF's sliding_window_pattern)."""
+        return (layer + 1) % self.global_every == 0
+
+
+@register("attn", "local_global")
+class LocalGlobalAttention:
+    """Interleaved local and global attention (Gemma 2, Team et al. 2024: global_every = 2, window 4096;
+    Gemma 3: 5 local to 1 global, global_every = 6, window 1024): block i gets full causal attention
+    when (i + 1) % global_every == 0 and sliding-window attention (attn.window) otherwise. Building the
+    option for a layer returns that layer's kernel itself, so each layer attends, and is counted, exactly
+    as attn=full or attn=sliding_window would."""
+
+    Config = LocalGlobalConfig
+
+    def __new__(cls, cfg: LocalGlobalConfig, model: ModelConfig, softcap: float | None = None,
+                layer: int = 0) -> Kernel:
+        kernel = FullCausalAttention if cfg.is_global(layer) else SlidingWindowAttention
+        return kernel(cfg, model, softcap, layer)
+
+    @staticmethod
+    def check_config(cfg) -> str | None:
+        every, n_layers = cfg.attn.global_every, cfg.model.n_layers
+        if every > n_layers:
+            return (f"attn.global_every={every} is not allowed with model.n_layers={n_layers}: no layer would be "
+                    f"global (layer i is global when (i + 1) % global_every == 0), so this is attn=sliding_window. "
+                    f"Allowed global_every: 1 to {n_layers}, or attn=sliding_window.")
+        return None
 
 
 @dataclass
@@ -179,7 +216,7 @@ class StridedAttention(PatternAttention):
 
     Config = StridedConfig
 
-    def __init__(self, cfg: StridedConfig, model: ModelConfig, softcap: float | None = None):
+    def __init__(self, cfg: StridedConfig, model: ModelConfig, softcap: float | None = None, layer: int = 0):
         super().__init__(cfg, model, softcap)
         self.window, self.stride = cfg.window, cfg.stride
 
@@ -216,7 +253,7 @@ class LinearAttention(Kernel):
     Config = LinearConfig
     eps = 1e-6
 
-    def __init__(self, cfg: LinearConfig, model: ModelConfig, softcap: float | None = None):
+    def __init__(self, cfg: LinearConfig, model: ModelConfig, softcap: float | None = None, layer: int = 0):
         super().__init__(cfg, model, None)
         if softcap is not None:
             raise ValueError(self._softcap_message(softcap))
@@ -278,20 +315,37 @@ class LinearAttention(Kernel):
 
 @register("qk_norm", "off")
 class NoQKNorm(nn.Module):
-    def __init__(self, cfg: OptionConfig, make_head_norm: Callable[[], nn.Module]):
+    def __init__(self, cfg: OptionConfig, model: ModelConfig, make_norm: Callable[[int], nn.Module]):
         super().__init__()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, k
 
 
+@dataclass
+class QKNormConfig(OptionConfig):
+    scope: str = knob("head", choices=("head", "full"),
+                      doc="head: each head's q and k over head_dim (Dehghani et al. 2023; Gemma 3, Qwen 3); full: "
+                      "the whole q and k projections over n_heads x head_dim (OLMo 2)")
+
+
 @register("qk_norm", "on")
 class QKNorm(nn.Module):
-    """The model's norm applied to each head's q and k over head_dim (Dehghani et al. 2023; OLMo 2)."""
+    """The model's norm on q and k before q . k, so attention logits cannot grow without bound.
 
-    def __init__(self, cfg: OptionConfig, make_head_norm: Callable[[], nn.Module]):
+    scope=head: one norm over head_dim, shared by the heads (Dehghani et al. 2023; Gemma 3, Qwen 3).
+    scope=full: OLMo 2's (OLMo et al. 2024, sec. 3.3.1): one norm over the whole q projection
+    (n_heads x head_dim) and one over the whole k projection (n_kv_heads x head_dim), before the heads
+    are split: the statistics span every head, and each channel has its own gain."""
+
+    Config = QKNormConfig
+
+    def __init__(self, cfg: QKNormConfig, model: ModelConfig, make_norm: Callable[[int], nn.Module]):
         super().__init__()
-        self.q_norm, self.k_norm = make_head_norm(), make_head_norm()
+        self.full = cfg.scope == "full"
+        q_width, k_width = ((model.n_heads * model.head_dim, model.kv_heads * model.head_dim) if self.full
+                            else (model.head_dim, model.head_dim))
+        self.q_norm, self.k_norm = make_norm(q_width), make_norm(k_width)
 
     @staticmethod
     def check_config(cfg) -> str | None:
@@ -301,6 +355,10 @@ class QKNorm(nn.Module):
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (..., n_heads, head_dim), k (..., n_kv_heads, head_dim), normalized in the same shapes."""
+        if self.full:
+            return (self.q_norm(q.flatten(-2)).unflatten(-1, q.shape[-2:]),
+                    self.k_norm(k.flatten(-2)).unflatten(-1, k.shape[-2:]))
         return self.q_norm(q), self.k_norm(k)
 
 
@@ -319,11 +377,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, pos: PositionEncoding) -> torch.Tensor:
         kv_width = self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
-        # b t (h d) -> b h t d. unflatten + transpose rather than einops here: this runs 4x per layer per
-        # step, and einops' parsing costs 2.5x the reshape itself (measurable at small shapes).
-        q = q.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
-        k = k.unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        # b t (h d) -> b t h d -> b h t d. unflatten + transpose rather than einops here: this runs 4x per
+        # layer per step, and einops' parsing costs 2.5x the reshape itself (measurable at small shapes).
+        q, k = self.qk_norm(q.unflatten(-1, (self.n_heads, self.head_dim)),
+                            k.unflatten(-1, (self.n_kv_heads, self.head_dim)))
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
-        q, k = pos.rotate(*self.qk_norm(q, k))
+        q, k = pos.rotate(q, k)
         y = self.kernel(q, k, v, bias=pos.attention_bias(x.shape[1], x.device))
         return self.residual_dropout(self.out(y.transpose(1, 2).flatten(2)))  # b h t d -> b t (h d)

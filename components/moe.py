@@ -44,8 +44,13 @@ class TopKConfig(OptionConfig):
     top_k: int = knob(1, ge=1, doc="experts each token is routed to (before granularity)")
     n_shared: int = knob(0, ge=0, doc="shared experts every token passes through")
     granularity: int = knob(2, ge=1, doc="each expert split into this many smaller ones")
-    aux_loss: float = knob(0.01, ge=0, doc="load-balancing loss coefficient (0 = off)")
+    aux_loss: float = knob(0.01, ge=0, doc="coefficient of the load-balancing loss of balance=aux_loss (0 = off)")
     router_z_loss: float = knob(0.001, ge=0, doc="router z-loss coefficient (0 = off)")
+    balance: str = knob("aux_loss", choices=("aux_loss", "bias"),
+                        doc="aux_loss: Switch Transformer's balancing loss (moe.aux_loss); bias: DeepSeek-V3's "
+                        "auxiliary-loss-free per-expert routing bias (moe.bias_rate), no balancing loss")
+    bias_rate: float = knob(1e-3, gt=0, doc="balance=bias: each expert's bias moves by this much after every "
+                            "optimizer step, up if the expert was underloaded, down if overloaded (DeepSeek-V3: 1e-3)")
 
 
 @register("moe", "topk")
@@ -70,8 +75,17 @@ class TopKMoE(nn.Module):
     Dispatch: the (token, slot) assignments are sorted by expert, the tokens gathered, each expert runs
     on its contiguous slice, and gate-weighted outputs are scattered back with index_add_.
 
+    Balancing (`balance`). aux_loss: a loss term (below). bias: DeepSeek-V3's auxiliary-loss-free
+    balancing (DeepSeek-AI 2024, sec. 2.1.2; Wang et al. 2024): a per-expert bias b_e (a buffer, saved
+    in checkpoints) is added to the routing scores for the top-k choice only, topk(p + b) with p the
+    router's softmax probabilities (the affinities); the gates stay softmax over the chosen experts'
+    logits, so b never scales an output. After every optimizer step (`after_optimizer_step`, called by
+    the training loop) b_e += bias_rate * sign(mean load - load_e) over the step's training tokens (all
+    micro-batches, all ranks): overloaded experts become less attractive. No balancing loss is added
+    (moe.aux_loss is not used); the router z-loss still is.
+
     Losses (set after each forward in `last_aux_losses`, already weighted; a zero coefficient omits a term):
-    - moe_aux_loss = aux_loss * E * sum_e f_e P_e (Switch Transformer load balancing, Fedus et al. 2021),
+    - moe_aux_loss = aux_loss * E * sum_e f_e P_e (balance=aux_loss only) (Switch Transformer load balancing, Fedus et al. 2021),
       f_e = share of all (token, slot) assignments that went to expert e (so uniform routing gives exactly
       aux_loss; HF's Mixtral loss normalizes per token instead and gives top_k there),
       P_e = mean router probability (full softmax) of expert e.
@@ -88,7 +102,13 @@ class TopKMoE(nn.Module):
             raise ValueError(problem)
         self.d_model, self.hidden = d_model, d_ff // cfg.granularity
         self.n_routed, self.k = cfg.n_experts * cfg.granularity, cfg.top_k * cfg.granularity
-        self.aux_loss, self.router_z_loss = cfg.aux_loss, cfg.router_z_loss
+        self.aux_loss = cfg.aux_loss if cfg.balance == "aux_loss" else 0.0
+        self.router_z_loss = cfg.router_z_loss
+        self.bias_rate = cfg.bias_rate if cfg.balance == "bias" else None
+        if self.bias_rate is not None:
+            self.register_buffer("expert_bias", torch.zeros(self.n_routed))
+            # assignments per expert since the last optimizer step; zero at every checkpoint (taken between steps)
+            self.register_buffer("load_since_step", torch.zeros(self.n_routed), persistent=False)
         self.router = nn.Linear(d_model, self.n_routed, bias=False)
         self.experts = nn.ModuleList(make_ffn(self.hidden) for _ in range(self.n_routed))
         self.shared = nn.ModuleList(make_ffn(self.hidden) for _ in range(cfg.n_shared))
@@ -124,9 +144,26 @@ class TopKMoE(nn.Module):
 
     def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Router logits (N, E) -> gate weights (N, k) float32 and chosen experts (N, k), as Mixtral:
-        softmax over the top-k logits."""
-        top_logits, chosen = torch.topk(logits, self.k, dim=-1)
+        softmax over the top-k logits. With balance=bias the choice is topk(softmax(logits) + bias)."""
+        if self.bias_rate is None:
+            top_logits, chosen = torch.topk(logits, self.k, dim=-1)
+        else:
+            scores = F.softmax(logits, dim=-1, dtype=torch.float32) + self.expert_bias
+            chosen = torch.topk(scores, self.k, dim=-1).indices
+            top_logits = logits.gather(-1, chosen)
         return F.softmax(top_logits, dim=-1, dtype=torch.float32), chosen
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """balance=bias: move each expert's bias toward equal load (DeepSeek-V3's sign rule)."""
+        if self.bias_rate is None:
+            return
+        load = self.load_since_step
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)  # every rank nudges by the global load, so biases stay equal
+        if load.sum() > 0:
+            self.expert_bias += self.bias_rate * torch.sign(load.mean() - load)
+        load.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -148,6 +185,8 @@ class TopKMoE(nn.Module):
             y = y + expert(x)
 
         load = counts.float() / flat_expert.numel()
+        if self.bias_rate is not None and self.training:  # evaluation forwards (eval mode) do not count
+            self.load_since_step += counts.to(self.load_since_step.dtype)
         losses = {}
         if self.aux_loss:
             probs = F.softmax(logits, dim=-1, dtype=torch.float32)
@@ -156,4 +195,6 @@ class TopKMoE(nn.Module):
             losses["moe_router_z_loss"] = self.router_z_loss * torch.logsumexp(logits.float(), -1).square().mean()
         self.last_aux_losses = losses
         self.last_diagnostics = {"expert_load": load.detach()}
+        if self.bias_rate is not None:
+            self.last_diagnostics["expert_bias"] = self.expert_bias.clone()
         return y.reshape(*shape[:-1], y.shape[-1])

@@ -26,10 +26,17 @@ def _template() -> dict[str, Any]:
 
 def write_run(path: Path, overrides: dict[str, str], final_loss: float | None, *, status: str = "completed",
               compare: dict[str, Any] | None = None, unigram: float = UNIGRAM, steps: int = 100,
-              tokens_per_s: float = 1e4, extra_summary: dict[str, Any] | None = None) -> None:
+              tokens_per_s: float = 1e4, extra_summary: dict[str, Any] | None = None,
+              settings: dict[str, Any] | None = None) -> None:
     """One run directory as `python ablate/run.py` leaves it (`overrides` as typed on the command line:
-    `group=option` or `dotted.key=value`)."""
+    `group=option` or `dotted.key=value`; `settings`: dotted keys of the saved config set without an
+    override, as a ladder's rung sets the model's shape)."""
     config = copy.deepcopy(_template())
+    for key, value in (settings or {}).items():
+        node = config
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        node[key.split(".")[-1]] = value
     for key, value in overrides.items():
         parts = key.lstrip("+").split(".")
         if len(parts) == 1 and isinstance(config.get(parts[0]), dict):

@@ -203,3 +203,29 @@ def test_sigterm_checkpoints_every_member_and_the_same_command_resumes_the_group
     for job in ("0", "1"):
         assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
         assert sweep_losses(sweep, job) == sweep_losses(straight, job)  # bit for bit across the interruption
+
+
+@pytest.mark.parametrize("options", [
+    ["norm=ln", "pos=learned", "ffn=gelu", "qk_norm=on", "qk_norm.scope=full", "softcap=on", "z_loss=on"],
+    ["optim=muon", "attn=local_global", "attn.window=16", "norm_pos=double", "block=parallel", "ffn=geglu"],
+], ids=["norms-positions-objective", "muon-local-global"])
+def test_members_of_other_options_equal_their_runs_alone(tmp_path, options):
+    """Every stacked form and every per-member object (Muon, z-loss, per-layer kernels) against plain runs."""
+    cfgs = [compose(*TINY, *options, "train.max_steps=6", "train.eval_interval=3", "train.log_interval=1",
+                    f"train.seed={seed}", f"optim.lr={lr}") for seed, lr in ((0, "3e-3"), (1, "1e-2"))]
+    assert why_not_batched([task_tree(cfg) for cfg in cfgs]) is None
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone-{i}", progress=False)
+    train_group([GroupJob(cfg, tmp_path / f"together-{i}") for i, cfg in enumerate(cfgs)], progress=False)
+    for i in range(len(cfgs)):
+        solo, member = rows(tmp_path / f"alone-{i}"), rows(tmp_path / f"together-{i}")
+        assert [r["step"] for r in member] == [r["step"] for r in solo] and len(solo) == 7
+        for a, b in zip(solo, member):
+            for name in ("train_loss", "val_loss", "z_loss"):
+                if a.get(name) is not None:
+                    assert relative_error(a[name], b[name]) < 1e-4, (i, a["step"], name)
+
+
+def test_a_mixture_of_experts_is_not_batchable():
+    reason = why_not_batched(trees(["moe=topk", "train.seed=0"], ["moe=topk", "train.seed=1"]))
+    assert reason and "load-balancing" in reason and "\n" not in reason

@@ -136,8 +136,8 @@ def test_components_lists_every_option_of_every_axis(tmp_path):
     rows = json.loads(path.read_text())["components"]
     assert rows == json.loads(json.dumps(result["components"]))
     listed = {(r["axis"], r["option"]) for r in rows}
-    assert listed == {(a, o) for a in axes("model") for o in options(a)}
-    for axis in axes("model"):
+    assert listed == {(a, o) for a in [*axes("model"), "optim"] for o in options(a)}
+    for axis in [*axes("model"), "optim"]:
         assert sum(r["default"] for r in rows if r["axis"] == axis) == 1
     default_tps = next(r for r in rows if r["default"])["tokens_per_s"]
     for row in rows:

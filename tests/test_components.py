@@ -29,7 +29,7 @@ def block(name, attention, feedforward, placement):
 
 def self_attention(d_model, n_heads, n_kv_heads):
     m = ModelConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads)
-    return SelfAttention(m, kernel=option("attn", "full").build(m), qk_norm=option("qk_norm", "off").build(None))
+    return SelfAttention(m, kernel=option("attn", "full").build(m), qk_norm=option("qk_norm", "off").build(m, None))
 
 
 def no_positions():
@@ -196,12 +196,31 @@ def test_more_ffn_formulas(name, act, gated):
 
 
 def test_qk_norm_makes_queries_and_keys_unit_rms_per_head():
-    qk_norm = option("qk_norm", "on").build(make_head_norm=lambda: RMSNorm(8, eps=1e-8))
-    q, k = torch.randn(2, 4, 5, 8) * 7, torch.randn(2, 2, 5, 8) * 0.1
+    m = ModelConfig(d_model=32, n_heads=4, n_kv_heads=2)  # head_dim 8
+    qk_norm = option("qk_norm", "on").build(m, make_norm=lambda dim: RMSNorm(dim, eps=1e-8))
+    q, k = torch.randn(2, 5, 4, 8) * 7, torch.randn(2, 5, 2, 8) * 0.1  # (batch, time, heads, head_dim)
+    q[..., 0, :] *= 100  # one loud head: per-head statistics do not let it drown the others
     nq, nk = qk_norm(q, k)
-    torch.testing.assert_close(nq.pow(2).mean(-1), torch.ones(2, 4, 5))
-    torch.testing.assert_close(nk.pow(2).mean(-1), torch.ones(2, 2, 5))
-    assert option("qk_norm", "off").build(None)(q, k) == (q, k)
+    torch.testing.assert_close(nq.pow(2).mean(-1), torch.ones(2, 5, 4))
+    torch.testing.assert_close(nk.pow(2).mean(-1), torch.ones(2, 5, 2))
+    assert option("qk_norm", "off").build(m, None)(q, k) == (q, k)
+
+
+def test_full_scope_qk_norm_normalizes_the_whole_projection_with_a_gain_per_channel():
+    """OLMo 2: RMS over all n_heads x head_dim channels of q (n_kv_heads x head_dim of k), not per head."""
+    m = ModelConfig(d_model=32, n_heads=4, n_kv_heads=2)
+    qk_norm = option("qk_norm", "on", scope="full").build(m, make_norm=lambda dim: RMSNorm(dim, eps=1e-8))
+    assert qk_norm.q_norm.weight.shape == (32,) and qk_norm.k_norm.weight.shape == (16,)
+    with torch.no_grad():
+        qk_norm.q_norm.weight.copy_(torch.linspace(0.5, 2.0, 32))
+    q, k = torch.randn(2, 5, 4, 8), torch.randn(2, 5, 2, 8)
+    q[..., 0, :] *= 100
+    nq, nk = qk_norm(q, k)
+    flat = q.flatten(-2)
+    expected = flat / flat.pow(2).mean(-1, keepdim=True).sqrt() * torch.linspace(0.5, 2.0, 32)
+    torch.testing.assert_close(nq, expected.unflatten(-1, (4, 8)))
+    torch.testing.assert_close(nk.flatten(-2).pow(2).mean(-1), torch.ones(2, 5))
+    assert nq[..., 1:, :].abs().max() < 0.25  # the loud head dominates the shared statistics
 
 
 def test_output_softcap_bounds_logits_and_is_identity_far_below_the_cap():

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 transformers = pytest.importorskip("transformers")
 
 from ablate import load_run  # noqa: E402
+from ablate.config import with_option  # noqa: E402
 from ablate.hf import NotExpressible, hf_family, to_hf  # noqa: E402
 from ablate.hf import from_hf  # noqa: E402
 from ablate.model import Transformer  # noqa: E402
@@ -24,7 +27,16 @@ TINY = ("model=micro", "model.n_layers=3")  # d_model 64, 4 heads, context 64
 
 
 def compose(*overrides: str):
-    return hydra_compose_once(*overrides)  # real Hydra composition (+experiment), cached
+    """Hydra's composition (+experiment), cached. An attn option switched on top of a preset that sets attn knobs
+    (gemma2's attn.window) gets the option's own settings, as Hydra's defaults list would for a plain run."""
+    switch = [o for o in overrides if o.startswith("attn=")]
+    cfg = hydra_compose_once(*(o for o in overrides if not (switch and o.startswith("attn"))))
+    for override in switch:
+        cfg = with_option(cfg, "attn", override.partition("=")[2])
+    for override in (o for o in overrides if switch and o.startswith("attn.")):
+        key, _, value = override.partition("=")
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    return cfg
 
 
 def randomize(module: torch.nn.Module, seed: int, gemma_norms: bool = False) -> None:
@@ -67,6 +79,11 @@ OURS_TO_HF = {  # id -> (overrides, HF class)
     "gemma2-gqa": (("+experiment=gemma2", *TINY, "model.n_kv_heads=2"), "Gemma2ForCausalLM"),
     "gemma2-sliding-window": (("+experiment=gemma2", *TINY, "attn=sliding_window", "attn.window=5"),
                               "Gemma2ForCausalLM"),
+    "gemma2-local-global": (("+experiment=gemma2", *TINY, "attn.window=5"), "Gemma2ForCausalLM"),
+    "gemma3-pattern": (("+experiment=gemma2", *TINY, "attn.window=4", "attn.global_every=3"), "Gemma2ForCausalLM"),
+    "olmo2": (("+experiment=olmo2", *TINY), "Olmo2ForCausalLM"),
+    "olmo2-gqa-tied": (("+experiment=olmo2", *TINY, "model.n_kv_heads=2", "model.tie_embeddings=true"),
+                       "Olmo2ForCausalLM"),
 }
 
 
@@ -84,8 +101,10 @@ def test_ours_to_hf_and_back_gives_the_same_logits(case):
         assert_same_logits(ours, hf_model(idx).logits)
         back, back_cfg = from_hf(hf_model)  # and the way back lands on the same architecture
         assert_same_logits(ours, back(idx))
-    for group in ("norm", "norm_pos", "ffn", "pos", "attn", "moe", "softcap"):
+    for group in ("norm", "norm_pos", "ffn", "pos", "attn", "moe", "softcap", "qk_norm"):
         assert back_cfg[group].name == cfg[group].name, group
+    for group in ("attn", "qk_norm"):  # the pattern (window, global_every) and the q/k norm's scope too
+        assert back_cfg[group] == cfg[group], group
     assert back.cfg.ffn.hidden_size(back.cfg.model.d_model) == model.cfg.ffn.hidden_size(model.cfg.model.d_model)
 
 
@@ -107,21 +126,31 @@ def hf_models():
         "gemma2": lambda: c.Gemma2ForCausalLM(c.Gemma2Config(intermediate_size=256, num_key_value_heads=2,
                                                              head_dim=16, query_pre_attn_scalar=16,
                                                              attn_implementation="eager", **size)),
+        # a window that binds at T = 16: layers 0 and 2 local, layer 1 global
+        "gemma2-window-5": lambda: c.Gemma2ForCausalLM(c.Gemma2Config(
+            intermediate_size=256, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=5,
+            attn_implementation="eager", **size)),
+        "olmo2": lambda: c.Olmo2ForCausalLM(c.Olmo2Config(intermediate_size=176, num_key_value_heads=2,
+                                                          rms_norm_eps=1e-6, **size)),
     }
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mixtral-top2-of-8", "gemma2"])
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mixtral-top2-of-8", "gemma2", "gemma2-window-5", "olmo2"])
 def test_hf_to_ours_gives_the_same_logits(case):
     torch.manual_seed(0)
     hf_model = hf_models()[case]().eval()
-    randomize(hf_model, seed=2, gemma_norms=case == "gemma2")
+    randomize(hf_model, seed=2, gemma_norms=case.startswith("gemma2"))
     model, cfg = from_hf(hf_model)
     idx = tokens(1)
     with torch.no_grad():
         assert_same_logits(model(idx), hf_model(idx).logits)
-    if case == "gemma2":
+    if case.startswith("gemma2"):
         assert (cfg.norm_pos.name, cfg.softcap.attn, cfg.softcap.logits) == ("double", 50.0, 30.0)
         assert cfg.model.scale_embeddings and cfg.model.context_length == 64
+        window = 5 if case == "gemma2-window-5" else 4096
+        assert (cfg.attn.name, cfg.attn.window, cfg.attn.global_every) == ("local_global", window, 2)
+    if case == "olmo2":
+        assert (cfg.norm_pos.name, cfg.qk_norm.name, cfg.qk_norm.scope, cfg.norm.eps) == ("output", "on", "full", 1e-6)
     if case == "mixtral-top2-of-8":
         assert (cfg.moe.name, cfg.moe.n_experts, cfg.moe.top_k) == ("topk", 8, 2)
     if case == "llama-gqa":
@@ -132,11 +161,15 @@ def test_hf_to_ours_gives_the_same_logits(case):
     (("+experiment=llama", "norm=none"), "norm=none"),
     (("+experiment=palm",), "block=parallel"),
     (("+experiment=llama", "pos=alibi"), "pos=alibi"),
-    (("+experiment=olmo2",), "qk_norm=on"),
+    (("+experiment=olmo2", "qk_norm.scope=head"), "qk_norm.scope=head"),
+    (("+experiment=llama", "qk_norm=on"), "qk_norm=on"),
+    (("+experiment=llama", "attn=local_global"), "attn=local_global"),
+    (("+experiment=mixtral", "moe.balance=bias"), "moe.balance=bias"),
     (("+experiment=gpt2", "model.n_kv_heads=2"), "model.n_kv_heads=2"),
     (("+experiment=llama", "softcap=on"), "softcap=on"),
     (("+experiment=mixtral", "moe.n_shared=1"), "moe.n_shared=1"),
-], ids=["norm", "block", "pos", "qk_norm", "gqa-gpt2", "softcap", "shared-experts"])
+], ids=["norm", "block", "pos", "qk_norm-per-head", "qk_norm", "local_global", "balance-bias", "gqa-gpt2", "softcap",
+        "shared-experts"])
 def test_inexpressible_configs_are_refused_naming_the_option(overrides, reason):
     cfg = compose(*overrides, "model=micro")
     with pytest.raises(NotExpressible, match=reason.replace(".", r"\.")):

@@ -87,6 +87,10 @@ CLASSIFIED: dict[str, object] = {
     "python -m venv .venv": "venv",
     ". .venv/bin/activate": "venv",
     "python -m analysis.report multirun/DATE/TIME": "sweep-dir",
+    "python -m analysis.report multirun/DATE/TIME --baseline ffn=gelu": "sweep-dir",
+    "python ablate/run.py -m +ladder=cpu ffn=swiglu,gelu": NotRun(
+        "24 runs, about an hour on 2 CPU cores", "tests/test_ladder.py::test_smoke_ladder_through_the_cli_writes_every_file"),
+    "python -m ablate.ladder cpu": NotRun("prints the cpu ladder's rungs", "tests/test_ladder.py::test_ladder_command_prints_every_rung"),
     "python -m analysis.notebook multirun/DATE/TIME": "sweep-dir",
     "python -m ablate.export_hf outputs/DATE/TIME hf_model/": "run-dir",
 }

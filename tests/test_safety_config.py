@@ -13,6 +13,7 @@ import typing
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ablate import config as schema
 from ablate.checkpoint import CHECKPOINT
@@ -139,7 +140,7 @@ def test_a_knob_of_another_option_is_refused_by_the_chosen_options_schema(axis, 
         hydra_compose_once(f"{axis}={option}", f"{axis}.{knob}=1", *extra)
 
 
-@pytest.mark.parametrize("group", ["norm", "pos", "attn", "moe", "ffn"])
+@pytest.mark.parametrize("group", ["norm", "pos", "attn", "qk_norm", "moe", "ffn"])
 def test_every_option_knob_of_the_model_axes_can_change_the_model(group):
     """The knobs an option declares are read: for each option with knobs, changing them changes the logits
     (those that only weight a training loss, like moe.aux_loss, excepted)."""
@@ -148,9 +149,11 @@ def test_every_option_knob_of_the_model_axes_can_change_the_model(group):
     ids = torch.randint(0, 300, (2, 64), generator=torch.Generator().manual_seed(0))
     loss_only = {"aux_loss", "router_z_loss"}
 
-    def shrunk(value):  # small enough to bite at 64 tokens (a window of 16, chunks of 16)
+    def shrunk(value, choices=None):  # small enough to bite at 64 tokens (a window of 16, chunks of 16)
         if isinstance(value, bool):
             return not value
+        if isinstance(value, str):  # a knob with choices: another one
+            return next(choice for choice in choices if choice != value)
         return max(2, value // 4) if isinstance(value, int) else value * 3 + 0.5
 
     def logits(cfg):
@@ -165,7 +168,8 @@ def test_every_option_knob_of_the_model_axes_can_change_the_model(group):
         reference, changed_any = logits(base), False
         for key in knobs:
             other = compose("model=micro", f"{group}={option}")
-            other[group][key] = shrunk(base[group][key])
+            fields = {f.name: f for f in dataclasses.fields(OmegaConf.get_type(base[group]))}
+            other[group][key] = shrunk(base[group][key], fields[key].metadata.get("choices"))
             try:
                 changed_any |= not torch.equal(logits(other), reference)
             except (ValueError, AssertionError, RuntimeError):

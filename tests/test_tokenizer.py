@@ -14,7 +14,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablate import tokenizer as tk
+from ablate import bpe_training
 from ablate.tokenizer import EOT, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
 
 SMALL_CORPUS = [
@@ -191,9 +191,9 @@ def test_parity_on_small_corpus() -> None:
 
 
 def test_parallel_pretokenization_matches_serial(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tk, "_PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(bpe_training, "_PARALLEL_MIN_CHARS", 0)
     docs = SMALL_CORPUS * 4
-    assert tk.count_pretokens(docs, workers=2) == tk._count_serial(docs)
+    assert bpe_training.count_pretokens(docs, workers=2) == bpe_training._count_serial(docs)
 
 
 # -- 4. persistence ---------------------------------------------------------------------------

@@ -24,6 +24,12 @@ def axis_options(axis: str) -> list[str]:
     return options(axis)
 
 
+def component_axes() -> list[str]:
+    """The model's axes and the optimizer's (Muon's Newton-Schulz iterations are compute); the other training-side
+    axes (data, tokenizer, schedule, logger) do not change what a step computes."""
+    return [*axes("model"), "optim"]
+
+
 def bench_components(args, device, notes) -> list[dict]:
     """Every option of every architecture axis against the default config, one interleaved run."""
     from ablate.validate import ConfigError
@@ -35,7 +41,7 @@ def bench_components(args, device, notes) -> list[dict]:
     default_cfg = preset_config(None, shape)
     default = make_candidate("default", "option", shape_name, shape, dtype, device, cfg=default_cfg)
     candidates, rows = [default], []
-    for axis in axes("model"):
+    for axis in component_axes():
         for option in axis_options(axis):
             row = {"axis": axis, "option": option, "default": option == default_cfg[axis].name, "status": "ok"}
             if row["default"]:

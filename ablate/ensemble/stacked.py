@@ -198,6 +198,10 @@ def why_not_batchable(cfg: Any) -> str | None:
     return None
 
 
+# hooks ablate.model.Transformer collects from its modules: each reads or acts on the whole batch's statistics
+BATCH_WIDE = ("last_aux_losses", "last_diagnostics", "after_optimizer_step")
+
+
 class EnsembleModel(nn.Module):
     """`forward(idx, members)`: the logits of the selected members, their rows folded as in `idx`.
 
@@ -217,11 +221,11 @@ class EnsembleModel(nn.Module):
         if form is not None:
             return form(members, self.selection)
         name = type(module).__name__
+        if path != "model" and any(hasattr(module, hook) for hook in BATCH_WIDE):  # (the model's own: its modules')
+            raise NotBatchable(f"{name} ({path}) computes over the whole batch or adapts between steps (a router's "
+                               f"load-balancing losses, expert load, balancing biases), which would mix the members")
         if any(True for _ in module.parameters(recurse=False)):
             raise NotBatchable(f"{name} ({path}) holds parameters and has no stacked form in ablate/ensemble/stacked.py")
-        if hasattr(module, "last_aux_losses"):
-            raise NotBatchable(f"{name} ({path}) adds losses computed over the whole batch (e.g. load balancing), "
-                               f"which would mix the members")
         for child_name, child in list(module._modules.items()):
             if child is not None:
                 module._modules[child_name] = self._replace(f"{path}.{child_name}", child,

@@ -1,7 +1,7 @@
 """Weights and config between ablate's `Transformer` and Hugging Face transformers models.
 
     hf_model = to_hf(model, cfg)          # -> LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM /
-                                          #    Gemma2ForCausalLM / GPT2LMHeadModel, same logits
+                                          #    Gemma2ForCausalLM / Olmo2ForCausalLM / GPT2LMHeadModel, same logits
     model, cfg = from_hf(hf_model)        # back, in ablate.hf.imports (also from a path: from_hf("OUT_DIR"))
 
 Only exact conversions are made: a config a transformers model cannot compute is refused with
@@ -11,18 +11,21 @@ names what does not fit):
 
     llama    norm=rms, norm_pos=pre, block=serial, pos=rope, gated ffn (swiglu, geglu, reglu), moe=off,
              attn=full; model.bias -> attention_bias and mlp_bias; attn=sliding_window -> Mistral (no biases)
-    mixtral  the same with moe=topk (n_shared=0, granularity=1), no biases
+    mixtral  the same with moe=topk (n_shared=0, granularity=1, balance=aux_loss), no biases
     gemma2   norm=rms, norm_pos=double, pos=rope, gated ffn, model.scale_embeddings=true, no biases,
-             any softcap; attn=full (every HF layer full attention) or sliding_window (every layer sliding)
+             any softcap; attn=full (every HF layer full attention), sliding_window (every layer sliding)
+             or local_global (HF layer_types: layer i full when (i + 1) % global_every == 0)
+    olmo2    norm=rms, norm_pos=output, pos=rope, gated ffn, qk_norm=on with qk_norm.scope=full, attn=full,
+             moe=off, no biases, no soft-capping
     gpt2     norm=ln, norm_pos=pre, block=serial, pos=learned, plain ffn (gelu_tanh, gelu, relu, silu,
              relu2), n_kv_heads = n_heads; model.bias=false exports zero biases
 
-Everywhere: qk_norm=off (ours is per head; OLMo 2's normalizes whole projections), no ALiBi, sinusoidal
+Everywhere but olmo2: qk_norm=off (only OLMo 2 has a q/k norm, over whole projections); no ALiBi, sinusoidal
 or NoPE positions, block=parallel has no HF counterpart with one shared norm. Training-only settings
 (z_loss, moe.aux_loss, moe.router_z_loss, dropout outside GPT-2) do not change the function and are not
 carried over; from_hf leaves z_loss and the router z-loss off and moe.aux_loss at ablate's default.
-from_hf of a model with alternating sliding-window and global layers (Gemma 2 as released) sets
-model.context_length to the window: up to that length every layer attends to every earlier token.
+from_hf of Gemma 2 with sliding-window and global layers (as released) gives attn=local_global when
+the layer types follow its rule, and is refused otherwise.
 
 Layout notes. Ours fuses q, k, v into one `qkv` Linear ([q; k; v] rows) and gate and up into
 `gate_up` ([gate; up] rows); HF Llama keeps them separate, HF Mixtral stores experts as 3-D
@@ -58,6 +61,10 @@ class TransformersMissing(ImportError):
 
 def layer_norm_names(family: str) -> dict[str, str]:
     """Our per-layer norm paths -> the Llama-family names (Gemma 2 has four norms per layer)."""
+    if family == "olmo2":  # norms on the sublayers' outputs, and over the whole q and k projections
+        return {"attn_residual.output_norms.0": "post_attention_layernorm",
+                "mlp_residual.output_norms.0": "post_feedforward_layernorm",
+                "attn.qk_norm.q_norm": "self_attn.q_norm", "attn.qk_norm.k_norm": "self_attn.k_norm"}
     if family == "gemma2":
         return {"attn_residual.input_norm": "input_layernorm",
                 "attn_residual.output_norms.0": "post_attention_layernorm",
@@ -84,9 +91,13 @@ GATED_FROM_HF = {"silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "gegl
 PLAIN_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
                  "silu": "silu", "swish": "silu", "relu2": "relu2"}
 
-FAMILIES = ("llama", "mixtral", "gemma2", "gpt2")
+FAMILIES = ("llama", "mixtral", "gemma2", "olmo2", "gpt2")
 HF_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
-            "gemma2": "Gemma2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+            "gemma2": "Gemma2ForCausalLM", "olmo2": "Olmo2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+# attention patterns each family can state: one per model (Mistral's window), or per layer (Gemma 2's layer_types)
+FAMILY_ATTN = {"llama": ("full", "sliding_window"), "mixtral": ("full", "sliding_window"),
+               "gemma2": ("full", "sliding_window", "local_global"), "olmo2": ("full",), "gpt2": ("full",)}
+NORM_POS = {"gemma2": "double", "olmo2": "output"}
 
 
 def _need(problems: list[str], ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -98,8 +109,16 @@ def _family_problems(cfg: DictConfig, family: str) -> list[str]:
     """What keeps `cfg` from being exactly the HF model `family` (empty: it converts)."""
     m, p = cfg.model, []
     moe = cfg.moe.name
-    _need(p, cfg.qk_norm.name == "off", "qk_norm", cfg.qk_norm.name,
-          "off: ablate normalizes q and k per head, no transformers model of this family does")
+    if family == "olmo2":
+        _need(p, cfg.qk_norm.name == "on", "qk_norm", cfg.qk_norm.name, "on: OLMo 2 normalizes q and k")
+        if cfg.qk_norm.name == "on":
+            _need(p, cfg.qk_norm.scope == "full", "qk_norm.scope", cfg.qk_norm.scope,
+                  "full: OLMo 2 normalizes the whole q and k projections, not each head")
+    else:
+        _need(p, cfg.qk_norm.name == "off", "qk_norm", cfg.qk_norm.name,
+              f"off: {HF_CLASS[family]} has no q/k norm (OLMo 2's, qk_norm.scope=full, exports as Olmo2ForCausalLM)")
+    attn = FAMILY_ATTN[family]
+    _need(p, cfg.attn.name in attn, "attn", cfg.attn.name, " or ".join(attn))
     if family == "gpt2":
         _need(p, cfg.norm.name == "ln", "norm", cfg.norm.name, "ln")
         _need(p, cfg.norm_pos.name == "pre", "norm_pos", cfg.norm_pos.name, "pre")
@@ -107,13 +126,11 @@ def _family_problems(cfg: DictConfig, family: str) -> list[str]:
         _need(p, cfg.ffn.name in PLAIN_ACT, "ffn", cfg.ffn.name, "one of " + ", ".join(PLAIN_ACT))
         _need(p, (m.n_kv_heads or m.n_heads) == m.n_heads, "model.n_kv_heads", m.n_kv_heads,
               "null: GPT-2 has no grouped-query attention")
-        _need(p, cfg.attn.name == "full", "attn", cfg.attn.name, "full")
     else:
         _need(p, cfg.norm.name == "rms", "norm", cfg.norm.name, "rms")
         _need(p, cfg.pos.name == "rope", "pos", cfg.pos.name, "rope")
         _need(p, cfg.ffn.name in GATED_ACT, "ffn", cfg.ffn.name, "a gated ffn: " + ", ".join(GATED_ACT))
-        _need(p, cfg.attn.name in ("full", "sliding_window"), "attn", cfg.attn.name, "full or sliding_window")
-        want_pos = "double" if family == "gemma2" else "pre"
+        want_pos = NORM_POS.get(family, "pre")
         _need(p, cfg.norm_pos.name == want_pos, "norm_pos", cfg.norm_pos.name, want_pos)
     _need(p, cfg.block.name == "serial", "block", cfg.block.name,
           "serial: transformers has no parallel block with one shared norm")
@@ -122,6 +139,8 @@ def _family_problems(cfg: DictConfig, family: str) -> list[str]:
         if moe == "topk":
             _need(p, cfg.moe.n_shared == 0, "moe.n_shared", cfg.moe.n_shared, "0: Mixtral has no shared experts")
             _need(p, cfg.moe.granularity == 1, "moe.granularity", cfg.moe.granularity, "1")
+            _need(p, cfg.moe.balance == "aux_loss", "moe.balance", cfg.moe.balance,
+                  "aux_loss: Mixtral routes by the logits alone, without balancing biases")
     else:
         _need(p, moe == "off", "moe", moe, "off (moe=topk exports as Mixtral)")
     if family != "gemma2":
@@ -132,7 +151,7 @@ def _family_problems(cfg: DictConfig, family: str) -> list[str]:
     else:
         _need(p, m.scale_embeddings, "model.scale_embeddings", m.scale_embeddings,
               "true: Gemma 2 multiplies embeddings by sqrt(d_model)")
-    if family in ("mixtral", "gemma2") or (family == "llama" and cfg.attn.name == "sliding_window"):
+    if family in ("mixtral", "gemma2", "olmo2") or (family == "llama" and cfg.attn.name == "sliding_window"):
         _need(p, not m.bias, "model.bias", m.bias, f"false: {_hf_name(cfg, family)} has no biases")
     return p
 
@@ -153,14 +172,15 @@ def hf_family(cfg: DictConfig) -> str:
     signature = {  # the option that makes a config look like one family, to name the closest one
         "mixtral": cfg.moe.name != "off",
         "gemma2": cfg.norm_pos.name == "double" or bool(cfg.model.scale_embeddings),
+        "olmo2": cfg.norm_pos.name == "output" or cfg.qk_norm.name == "on",
         "gpt2": cfg.pos.name == "learned" or cfg.norm.name == "ln" and cfg.ffn.name in PLAIN_ACT}
     signature["llama"] = not any(signature.values())
     closest = min(FAMILIES, key=lambda f: (len(problems[f]), not signature[f], FAMILIES.index(f)))
     raise NotExpressible(
         f"this config has no exact Hugging Face transformers equivalent. The closest model, "
         f"{_hf_name(cfg, closest)}, cannot compute it because of "
-        f"{'; '.join(problems[closest])}. Exportable presets: llama, mixtral, gemma2, gpt2 "
-        f"(and their variations listed in ablate/hf.py).")
+        f"{'; '.join(problems[closest])}. Exportable presets: llama, mixtral, gemma2, olmo2, gpt2 "
+        f"(and their variations listed in ablate/hf/export.py).")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,7 +203,7 @@ def hf_config(cfg: DictConfig, vocab_size: int, *, bos_token_id: int | None = No
             resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, layer_norm_epsilon=cfg.norm.eps,
             initializer_range=m.init_std, scale_attn_weights=True, tie_word_embeddings=m.tie_embeddings,
             **tokens)
-    window = cfg.attn.window if cfg.attn.name == "sliding_window" else None
+    window = cfg.attn.window if cfg.attn.name in ("sliding_window", "local_global") else None
     common = dict(
         vocab_size=vocab_size, hidden_size=m.d_model, intermediate_size=d_ff, num_hidden_layers=m.n_layers,
         num_attention_heads=m.n_heads, num_key_value_heads=n_kv, head_dim=head_dim,
@@ -199,13 +219,24 @@ def hf_config(cfg: DictConfig, vocab_size: int, *, bos_token_id: int | None = No
         return transformers.MixtralConfig(hidden_act=GATED_ACT[cfg.ffn.name], num_local_experts=cfg.moe.n_experts,
                                           num_experts_per_tok=cfg.moe.top_k, sliding_window=window,
                                           router_jitter_noise=0.0, **common)
-    # gemma2: one attention pattern for every layer (ours is per model); the scale is head_dim^-1/2
-    layer = "sliding_attention" if window else "full_attention"
+    if family == "olmo2":
+        return transformers.Olmo2Config(hidden_act=GATED_ACT[cfg.ffn.name], attention_bias=False, **common)
+    # gemma2: each layer's pattern in layer_types; the scale is head_dim^-1/2
     return transformers.Gemma2Config(
         hidden_activation=GATED_ACT[cfg.ffn.name], query_pre_attn_scalar=head_dim,
-        sliding_window=window or m.context_length, layer_types=[layer] * m.n_layers,
+        sliding_window=window or m.context_length, layer_types=gemma2_layer_types(cfg),
         attn_logit_softcapping=cfg.softcap.build().attn, final_logit_softcapping=cfg.softcap.build().logits,
         attention_bias=False, **common)
+
+
+def gemma2_layer_types(cfg: Any) -> list[str]:
+    """HF Gemma 2's layer_types of the attention `cfg.attn` chooses, layer by layer."""
+    def is_global(layer: int) -> bool:
+        if cfg.attn.name == "local_global":
+            return cfg.attn.is_global(layer)
+        return cfg.attn.name == "full"
+
+    return ["full_attention" if is_global(i) else "sliding_attention" for i in range(cfg.model.n_layers)]
 
 
 def _split_rows(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
@@ -290,44 +321,11 @@ def to_hf(model: Transformer, cfg: DictConfig | None = None, *, bos_token_id: in
     return hf_model.float().eval()
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table, which byte-level BPE files store tokens in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def hf_tokenizer(tokenizer: Any):
-    """ablate's tokenizer (bytes 0..255, <|endoftext|> = 256, merge k = 257 + k, GPT-2 pre-tokenization)
-    as a `PreTrainedTokenizerFast` with the same ids: a byte-level BPE whose merges are replayed by
-    rank, exactly as ablate applies them. NotExpressible if two ids spell the same bytes."""
-    transformers = require_transformers()
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as FastTokenizer
+    """ablate's tokenizer as a transformers fast tokenizer with the same ids (ablate.hf.tokenizer)."""
+    from ablate.hf.tokenizer import hf_tokenizer as convert
 
-    from ablate.tokenizer import EOT
-
-    table = _bytes_to_unicode()
-    strings = ["".join(table[b] for b in tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)]
-    strings[tokenizer.eot_id] = EOT
-    if len(set(strings)) != len(strings):
-        raise NotExpressible("tokenizer: two token ids spell the same bytes, which a Hugging Face BPE "
-                             "vocabulary (one id per string) cannot hold")
-    bpe = models.BPE(vocab={s: i for i, s in enumerate(strings)},
-                     merges=[(strings[a], strings[b]) for a, b in tokenizer.merges])
-    fast = FastTokenizer(bpe)
-    fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    fast.decoder = decoders.ByteLevel()
-    fast.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=fast, bos_token=EOT, eos_token=EOT,
-                                                model_max_length=None)
+    return convert(tokenizer)
 
 
 __all__ = ["NotExpressible", "TransformersMissing", "hf_config", "hf_family", "hf_tokenizer", "require_transformers",

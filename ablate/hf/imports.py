@@ -29,11 +29,24 @@ def _refuse(ok: bool, what: str) -> None:
         raise NotExpressible(f"this Hugging Face model has no exact ablate equivalent: {what}.")
 
 
+def _gemma2_attention(layer_types: list[str], window: int | None) -> dict[str, Any]:
+    """Our attn option for Gemma 2's per-layer types: all full, all sliding, or local_global's rule."""
+    if set(layer_types) == {"full_attention"}:
+        return {"name": "full"}
+    if set(layer_types) == {"sliding_attention"}:
+        return {"name": "sliding_window", "window": window}
+    every = layer_types.index("full_attention") + 1
+    rule = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(len(layer_types))]
+    _refuse(layer_types == rule, f"layer_types={layer_types} (ablate's attn=local_global makes layer i global when "
+                                 f"(i + 1) % global_every == 0)")
+    return {"name": "local_global", "window": window, "global_every": every}
+
+
 def config_from_hf(config) -> DictConfig:
     """Our composed config (architecture groups; data/optim/train at their defaults) for an HF config."""
     kind = config.model_type
-    _refuse(kind in ("llama", "mistral", "mixtral", "gemma2", "gpt2"),
-            f"model_type={kind!r}; supported: llama, mistral, mixtral, gemma2, gpt2")
+    _refuse(kind in ("llama", "mistral", "mixtral", "gemma2", "olmo2", "gpt2"),
+            f"model_type={kind!r}; supported: llama, mistral, mixtral, gemma2, olmo2, gpt2")
     tree: dict[str, Any] = {"softcap": {"name": "off"}, "qk_norm": {"name": "off"}, "z_loss": {"name": "off"},
                             "block": {"name": "serial"}, "attn": {"name": "full"}}
     if kind == "gpt2":
@@ -71,11 +84,7 @@ def config_from_hf(config) -> DictConfig:
                     f"(ablate scales scores by head_dim^-1/2)")
             _refuse(not getattr(config, "use_bidirectional_attention", None), "use_bidirectional_attention=True")
             _refuse(not attention_bias, "attention_bias=True (Gemma 2's MLP has none, ablate biases all or none)")
-            types = set(config.layer_types)
-            if types == {"sliding_attention"}:
-                tree["attn"] = {"name": "sliding_window", "window": window}
-            elif "sliding_attention" in types and window is not None and window < context:
-                context = window  # alternating local/global layers agree with full attention up to the window
+            tree["attn"] = _gemma2_attention(list(config.layer_types), window)
             tree["softcap"] = {"name": "on", "attn": config.attn_logit_softcapping,
                                "logits": config.final_logit_softcapping}
         elif window is not None and window < context:
@@ -86,6 +95,8 @@ def config_from_hf(config) -> DictConfig:
                            "router_z_loss": 0.0}
         else:
             tree["moe"] = {"name": "off"}
+        if kind == "olmo2":
+            tree["qk_norm"] = {"name": "on", "scope": "full"}
         tree.update(
             model={"name": "from_hf", "d_model": d, "n_layers": config.num_hidden_layers, "n_heads": n_heads,
                    "n_kv_heads": config.num_key_value_heads if config.num_key_value_heads != n_heads else None,
@@ -93,7 +104,7 @@ def config_from_hf(config) -> DictConfig:
                    "dropout": 0.0, "bias": attention_bias or mlp_bias, "init_std": config.initializer_range,
                    "scale_embeddings": kind == "gemma2"},
             norm={"name": "rms", "eps": config.rms_norm_eps},
-            norm_pos={"name": "double" if kind == "gemma2" else "pre"},
+            norm_pos={"name": {"gemma2": "double", "olmo2": "output"}.get(kind, "pre")},
             ffn={"name": GATED_FROM_HF[act], **_ffn_size(d, config.intermediate_size)},
             pos={"name": "rope", "theta": float(rope.get("rope_theta", 10000.0))})
     tree["tokenizer"] = {"name": "bpe", "vocab_size": config.vocab_size}
