@@ -151,8 +151,9 @@ class StackedGatedMLP(Stacked):
         d_ff = self.members[0].gate_up.weight.shape[0] // 2
         xs = self.unfold(x)
         bias = self.stack(lambda m: m.gate_up.bias)
-        gate = batched_linear(xs, self.stack(lambda m: m.gate_up.weight[:d_ff]), None if bias is None else bias[:, :d_ff])
-        up = batched_linear(xs, self.stack(lambda m: m.gate_up.weight[d_ff:]), None if bias is None else bias[:, d_ff:])
+        gate_bias, up_bias = (None, None) if bias is None else (bias[:, :d_ff], bias[:, d_ff:])
+        gate = batched_linear(xs, self.stack(lambda m: m.gate_up.weight[:d_ff]), gate_bias)
+        up = batched_linear(xs, self.stack(lambda m: m.gate_up.weight[d_ff:]), up_bias)
         hidden = (self.activation(gate) * up).reshape(*x.shape[:-1], d_ff)
         return self.dropout(self.down(hidden))
 
@@ -222,7 +223,8 @@ class EnsembleModel(nn.Module):
             raise NotBatchable(f"{name} ({path}) computes over the whole batch or adapts between steps (a router's "
                                f"load-balancing losses, expert load, balancing biases), which would mix the members")
         if any(True for _ in module.parameters(recurse=False)):
-            raise NotBatchable(f"{name} ({path}) holds parameters and has no stacked form in ablate/ensemble/stacked.py")
+            raise NotBatchable(f"{name} ({path}) holds parameters and has no stacked form in "
+                               f"ablate/ensemble/stacked.py")
         for child_name, child in list(module._modules.items()):
             if child is not None:
                 module._modules[child_name] = self._replace(f"{path}.{child_name}", child,

@@ -58,7 +58,7 @@ def train_group(jobs: list[GroupJob], progress: bool = True) -> list[dict[str, A
             try:
                 session = setup(job.cfg, Path(job.run_dir), job.plan, job.choices or {}, job.overrides or [],
                                 job.group, False, started)
-            except Exception as error:  # noqa: BLE001  (this member cannot start (e.g. a refused resume): the others can)
+            except Exception as error:  # noqa: BLE001  (a member that cannot start, e.g. a refused resume)
                 outcomes[index] = error
                 continue
             if isinstance(session, dict):  # the directory already holds this finished run
