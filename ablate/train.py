@@ -49,6 +49,7 @@ class StepEnd:
     diverged: bool
     log: bool
     evaluate: bool
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # of the step's forward, read before any evaluation
 
 
 @dataclass
@@ -100,7 +101,8 @@ class Session:
         eval_every, last = eval_interval(cfg.train), run.step == cfg.train.max_steps
         evaluate = run.step % eval_every == 0 or last
         log = run.step % cfg.train.log_interval == 0 or evaluate or diverged
-        return StepEnd(terms, grad_norm, objective, diverged, log, evaluate and not diverged)
+        diagnostics = run.raw_model.diagnostics() if log else {}  # an evaluation's forward would overwrite them
+        return StepEnd(terms, grad_norm, objective, diverged, log, evaluate and not diverged, diagnostics)
 
     def log_step(self, end: StepEnd, val_loss: float | None) -> None:
         """The step's metrics row (with `val_loss` on evaluation steps), the checkpoint after it, the logger,
@@ -113,7 +115,7 @@ class Session:
                       "tokens_per_s": self.interval_tokens / max(now - self.interval_started, 1e-9),
                       "elapsed_s": now - self.train_started,
                       **{name: value for name, value in end.terms.items() if name != "ce"},
-                      **run.raw_model.diagnostics()}
+                      **end.diagnostics}
             self.interval_started, self.interval_tokens = now, 0
             if end.evaluate:
                 self.val_loss = val_loss
