@@ -167,6 +167,14 @@ def test_the_kind_of_step_follows_the_spacing():
     assert next_points({("ffn=gelu",): 1.0, ("ffn=relu",): 2.0}, {"ffn": ["gelu", "relu"]}, 2) == []
 
 
+@pytest.mark.parametrize("extend", [-1, 1.5, True])
+def test_a_bad_extension_limit_is_refused_before_any_run(extend):
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import TuningSweeper
+
+    with pytest.raises(HydraException, match=rf"hydra.sweeper.extend={extend!r} must be a whole number >= 0"):
+        TuningSweeper(None, {"optim.lr": "0.1,0.2"}, [1000], "train.seed", None, extend=extend)
+
+
 def test_with_several_keys_only_the_keys_at_an_edge_move_and_the_others_stay_at_the_chosen_point():
     grid = {"optim.lr": ["0.001", "0.002", "0.004"], "optim.weight_decay": ["0.0", "0.1", "0.2"],
             "ffn": ["swiglu", "gelu"]}
