@@ -175,6 +175,18 @@ def test_a_bad_extension_limit_is_refused_before_any_run(extend):
         TuningSweeper(None, {"optim.lr": "0.1,0.2"}, [1000], "train.seed", None, extend=extend)
 
 
+def test_a_sweep_begun_before_grids_were_extended_resumes_without_extending(tmp_path):
+    """Its verdict runs sit at the job numbers extension runs would now take: extending would shift them."""
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import TuningSweeper
+
+    sweeper = TuningSweeper(None, {"optim.lr": "0.1,0.2"}, [1000], "train.seed", None, extend=2)
+    assert sweeper._extend_for(tmp_path) == 2  # a new sweep
+    (tmp_path / "tuning.json").write_text(json.dumps({"tuned": ["optim.lr"], "extend": 2}))
+    assert sweeper._extend_for(tmp_path) == 2  # begun with extension
+    (tmp_path / "tuning.json").write_text(json.dumps({"tuned": ["optim.lr"], "choices": []}))
+    assert sweeper._extend_for(tmp_path) == 0  # begun before it
+
+
 def test_with_several_keys_only_the_keys_at_an_edge_move_and_the_others_stay_at_the_chosen_point():
     grid = {"optim.lr": ["0.001", "0.002", "0.004"], "optim.weight_decay": ["0.0", "0.1", "0.2"],
             "ffn": ["swiglu", "gelu"]}

@@ -217,6 +217,21 @@ class TuningSweeper(BasicSweeper):
             results += list(self.launcher.launch(batch, initial_job_idx=first + start))
         return results
 
+    def _extend_for(self, sweep_dir: Path) -> int:
+        """`extend`, except for a sweep directory begun before grids were extended (its tuning.json has no
+        "extend"): there the verdict runs sit right after stage 1's job numbers, where extension runs would
+        now go, so its resume keeps the grid as it was (and is refused nothing)."""
+        record = sweep_dir / "tuning.json"
+        try:
+            begun_without = record.exists() and "extend" not in json.loads(record.read_text())
+        except (OSError, ValueError):
+            begun_without = False
+        if begun_without and self.extend:
+            log.info(f"ablate_tuned: {record} was written before grids were extended past their edge: this "
+                     f"sweep resumes with hydra.sweeper.extend=0, as it began")
+            return 0
+        return self.extend
+
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -224,6 +239,7 @@ class TuningSweeper(BasicSweeper):
                         parser)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.extend = self._extend_for(sweep_dir)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         tuning = the_plan.tuning_jobs()
         log.info(f"ablate_tuned: stage 1, {len(tuning)} tuning runs ({len(the_plan.variants)} variants x "
