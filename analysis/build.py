@@ -8,6 +8,7 @@ its own module already imported by `analysis/__init__.py`.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,17 +49,23 @@ def _split_top_level(text: str) -> list[str]:
     return parts + [current]
 
 
-def _tuned_jobs(sweeper, task: list[str]) -> int | None:
-    """Jobs of both stages of ablate's tuning sweeper (hydra_plugins/ablate_tuning_sweeper)."""
+def _tuned_jobs(sweeper, task: list[str], sweep: Path) -> int | None:
+    """Jobs of both stages of ablate's tuning sweeper (hydra_plugins/ablate_tuning_sweeper), with the
+    runs its grid extension added as the sweeper recorded them in tuning.json (none before stage 1 ended)."""
     try:
         from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan
 
         given = sweeper.get("params")
         params = [f"{k}={v}" for k, v in (OmegaConf.to_container(given) if given else {}).items()]
-        return plan(params + [str(t) for t in task], dict(sweeper.tune), list(sweeper.tune_seeds),
-                    str(sweeper.seed_key)).n_jobs
+        n_jobs = plan(params + [str(t) for t in task], dict(sweeper.tune), list(sweeper.tune_seeds),
+                      str(sweeper.seed_key)).n_jobs
     except Exception:
         return None
+    try:
+        recorded = json.loads((sweep / "tuning.json").read_text(encoding="utf-8"))
+        return n_jobs + int(recorded.get("n_extension_runs", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return n_jobs
 
 
 def expected_jobs(sweep: Path) -> int | None:
@@ -69,7 +76,7 @@ def expected_jobs(sweep: Path) -> int | None:
         hydra = cfg.hydra
         target = str(hydra.sweeper.get("_target_", ""))
         if "TuningSweeper" in target:
-            return _tuned_jobs(hydra.sweeper, list(hydra.overrides.task))
+            return _tuned_jobs(hydra.sweeper, list(hydra.overrides.task), sweep)
         if "BasicSweeper" not in target:
             return None
         params_node = hydra.sweeper.get("params")
@@ -123,7 +130,8 @@ def gather(sweep: Path, baseline: dict[str, str] | None = None) -> Findings:
     comparisons, info = compare_axes(runs, axes, metric, settings, context)
     note = _jobs_note(sweep, len(df)) if not (sweep / ".hydra").is_dir() else ""
     findings = Findings(str(sweep.resolve()), df, runs, axes, metric, reason, tables, configs, comparisons,
-                        info, settings, note, tuning_of(df, axes + context, metric, settings["tuned"]))
+                        info, settings, note, tuning_of(df, axes + context, metric, settings["tuned"],
+                                                                   sweep))
     if context:
         findings.ladder = ladder_of(runs, axes, metric, settings, info)
     return findings

@@ -1,10 +1,13 @@
 """Per-variant tuning as the runs recorded it: the tuning runs (`compare.stage=tune`, on seeds the
 verdict never uses) score each tuned value per variant; the value with the lowest mean is the one
-the verdict's runs were launched with (hydra_plugins/ablate_tuning picks it by the same rule)."""
+the verdict's runs were launched with (hydra_plugins/ablate_tuning_sweeper picks it by the same rule).
+The sweeper extends a variant's grid past an edge its best value lands on (`hydra.sweeper.extend`
+steps per side); the grid as written and that limit are read from the sweeps' multirun.yaml."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,30 +31,84 @@ class Tuning:
     chosen: pd.DataFrame  # variant, chosen (from the tuning runs), used (by the verdict's runs), edge
     seeds: list[Any]
     n_runs: int
+    grid: dict[str, list[float]] = field(default_factory=dict)  # the grid as written (multirun.yaml)
+    extend: int = 0                                             # steps past its edge the sweeper may take
+
+    @property
+    def extended(self) -> list[str]:
+        """The variants that tried values beyond the grid as written."""
+        if not self.grid or any(k not in self.grid for k in self.keys):
+            return []
+        def in_grid(value: str) -> bool:
+            return all(any(math.isclose(_as_number(v), g, rel_tol=1e-9) for g in self.grid[k])
+                       for k, v in zip(self.keys, value.split(",")))
+        beyond = self.table[~self.table["value"].map(in_grid)]
+        return list(dict.fromkeys(beyond["variant"]))
 
     @property
     def seeds_text(self) -> str:
         return ", ".join(str(s) for s in self.seeds)
 
     def blocks(self, para: Callable, table: Callable) -> list[Any]:
-        values = list(dict.fromkeys(self.table["value"]))
+        values = sorted(dict.fromkeys(self.table["value"]), key=lambda v: (_as_number(v.split(",")[0]), v))
+        extended = self.extended
         rows = []
         for _, c in self.chosen.iterrows():
             cells = []
-            for v in values:
+            for v in values:  # blank: a value this variant did not try (another's extension)
                 hit = self.table[(self.table["variant"] == c["variant"]) & (self.table["value"] == v)]
                 mean = hit["mean"].iloc[0] if len(hit) else math.nan
-                cells.append("–" if math.isnan(mean) else f"{mean:.4f}" + (" ◀" if v == c["chosen"] else ""))
-            rows.append([f"`{c['variant']}`", *cells, f"`{c['chosen']}`", f"`{c['used']}`",
-                         "yes: widen the grid" if c["edge"] else "no"])
+                cells.append("" if math.isnan(mean) else f"{mean:.4f}" + (" ◀" if v == c["chosen"] else ""))
+            edge = "no"
+            if c["edge"]:
+                edge = ("yes, after extending: widen the grid" if c["variant"] in extended
+                        else "yes: widen the grid")
+            rows.append([f"`{c['variant']}`", *cells, f"`{c['chosen']}`", f"`{c['used']}`", edge])
         header = ["variant", *[f"{'/'.join(self.keys)}={v}" for v in values], "chosen", "verdict runs at",
                   "at the grid's edge"]
         text = (f"Each variant was trained at every value of {', '.join(f'`{k}`' for k in self.keys)} on "
                 f"the tuning seeds ({self.seeds_text}); its verdict runs then ran fresh, on the verdict's "
                 f"own seeds, at the value with the lowest mean `{self.metric}` (◀). Choosing on other "
                 f"seeds keeps the selection's luck out of the verdict. A run that failed or diverged "
-                f"scores +inf. A choice at the grid's edge means the best value may lie outside it.")
+                f"scores +inf. A choice at the grid's edge means the best value may lie outside it"
+                + self._extension_text() + ".")
         return [para(text), table(header, rows, [False] + [True] * len(values) + [False] * 3)]
+
+    def _extension_text(self) -> str:
+        if self.extend <= 0:
+            return ""
+        steps = f"{self.extend} grid step{'s' if self.extend > 1 else ''}"
+        done = self.extended
+        which = (f"it was extended for {', '.join(f'`{v}`' for v in done)} (the extra columns; blank: not "
+                 f"tried)" if done else "no variant's choice needed it")
+        return (f"; so the grid is extended automatically: a variant whose best value lies at an edge tries "
+                f"up to {steps} further beyond it, on the same tuning seeds, while its best stays at the new "
+                f"edge; {which}. A choice still at the edge after that is flagged below")
+
+
+def sweep_grid(sweep: Path) -> tuple[dict[str, list[float]], int]:
+    """The tuning grid as written ({key: numbers}, numeric values only) and `hydra.sweeper.extend`,
+    from the multirun.yaml of every tuning sweep under `sweep` (empty, 0 when there is none)."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import grid_axes
+
+    grid: dict[str, list[float]] = {}
+    extend = 0
+    files = [sweep / "multirun.yaml"] if (sweep / "multirun.yaml").is_file() else sorted(sweep.rglob("multirun.yaml"))
+    for path in files:
+        try:
+            sweeper = OmegaConf.load(path).hydra.sweeper
+            if "TuningSweeper" not in str(sweeper.get("_target_", "")) or not sweeper.get("tune"):
+                continue
+            axes = grid_axes({str(k): str(v) for k, v in sweeper.tune.items()})
+        except Exception:  # not a tuning sweep's, or unreadable: it says nothing about the grid
+            continue
+        extend = max(extend, int(sweeper.get("extend", 0) or 0))  # absent: written before extension existed
+        for key, values in axes.items():
+            grid.setdefault(key, [])
+            grid[key] += [n for n in map(_as_number, values) if not math.isnan(n) and n not in grid[key]]
+    return grid, extend
 
 
 def _variant_label(frame: pd.DataFrame, axes: list[str]) -> pd.Series:
@@ -61,8 +118,10 @@ def _variant_label(frame: pd.DataFrame, axes: list[str]) -> pd.Series:
         lambda r: ", ".join(f"{a}={r[a]}" for a in axes) if len(axes) > 1 else str(r[axes[0]]), axis=1)
 
 
-def tuning_of(df: pd.DataFrame, axes: list[str], metric: str, keys: list[str]) -> Tuning | None:
-    """The tuning of a sweep, or None when it has no tuning runs."""
+def tuning_of(df: pd.DataFrame, axes: list[str], metric: str, keys: list[str],
+              sweep: Path | None = None) -> Tuning | None:
+    """The tuning of a sweep, or None when it has no tuning runs; `sweep` (its folder) tells the
+    grid as written from the values an extension added."""
     if "stage" not in df or not keys:
         return None
     tune = df[df["stage"] == TUNE_STAGE]
@@ -85,4 +144,5 @@ def tuning_of(df: pd.DataFrame, axes: list[str], metric: str, keys: list[str]) -
         chosen_rows.append({"variant": variant, "chosen": best, "used": used_by_variant.get(variant, "–"),
                             "edge": best is not None and len(order) > 2 and best in (order[0], order[-1])})
     seeds = sorted(pd.to_numeric(tune["seed"], errors="coerce").dropna().astype(int).unique().tolist())
-    return Tuning(keys, metric, table, pd.DataFrame(chosen_rows), seeds, len(tune))
+    grid, extend = sweep_grid(sweep) if sweep is not None else ({}, 0)
+    return Tuning(keys, metric, table, pd.DataFrame(chosen_rows), seeds, len(tune), grid, extend)

@@ -218,6 +218,23 @@ def expected_jobs(command: str) -> int:
     return count * (rates * tune_seeds + seeds)
 
 
+def extension_runs(out: Path) -> int:
+    """Tuning runs the tuning sweeper added past the grid's edge (hydra.sweeper.extend), as its
+    tuning.json records them, each checked to lie outside the grid and bounded by the plan."""
+    if not (out / "tuning.json").is_file():
+        return 0
+    from hydra_plugins.ablate_tuning_sweeper.extension import max_extra_points
+
+    recorded = json.loads((out / "tuning.json").read_text())
+    extended = [p for c in recorded["choices"] for p in c["extended"]]
+    assert all(any(o.split("=", 1)[1] not in recorded["grid"][o.split("=", 1)[0]] for o in p) for p in extended)
+    n_runs = len(extended) * len(recorded["tune_seeds"])
+    per_variant = max_extra_points(recorded["grid"], recorded["extend"]) * len(recorded["tune_seeds"])
+    bound = per_variant * len(recorded["choices"])
+    assert recorded["n_extension_runs"] == n_runs <= bound
+    return n_runs
+
+
 @pytest.fixture(scope="session")
 def readme_runs(tmp_path_factory):
     """Each `python ablate/run.py` command of the README run once (tiny), by command."""
@@ -252,7 +269,7 @@ def test_readme_run_command(command, readme_runs, tmp_path_factory):
     out = run_dir_of(command, readme_runs, tmp_path_factory)
     if "-m" in words:
         rows = list(csv.DictReader(open(out / "report" / "results.csv")))
-        assert len(rows) == expected_jobs(command) >= 2
+        assert len(rows) == expected_jobs(command) + extension_runs(out) >= 2
         assert {row["status"] for row in rows} == {"completed"}
     else:
         summary = json.loads((out / "summary.json").read_text())

@@ -30,6 +30,16 @@ def header(name: str) -> dict[str, str]:
     return dict(re.findall(r"^# (Question|Grid|Tuning|Jobs|Cost|Trials|Expected time): (.+)$", text, re.M))
 
 
+EXTRA = re.compile(r"^(\d+)(?: \(\+ up to (\d+) tuning runs if choices land on the grid's edge\))?$")
+
+
+def job_counts(name: str) -> tuple[int, int]:
+    """The header's job count and the most tuning runs a grid extension may add (0 if none stated)."""
+    match = EXTRA.match(header(name)["Jobs"])
+    assert match, header(name)["Jobs"]
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
 def hydra_config(name: str):
     hydra_compose_once()  # initializes Hydra once for this process
     return hydra_compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
@@ -49,6 +59,11 @@ def jobs(name: str) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def jobs_variants(grid: list[list[str]]) -> set[tuple[str, ...]]:
+    """The variants of a tuned sweep's jobs: each job without its seed, tuned rate and stage marks."""
+    return {tuple(o for o in job if not o.startswith(("train.seed=", "compare.", "optim.lr="))) for job in grid}
+
+
 def test_the_lecture_questions_all_have_a_sweep():
     assert REQUIRED <= set(SWEEPS)
 
@@ -60,7 +75,7 @@ def test_sweep_states_its_question_and_every_job_is_a_valid_config(name):
     minutes = int(re.search(r"(\d+) minutes", info["Expected time"]).group(1))
     assert minutes <= (60 if name in LADDERS else 30)  # a ladder trains 4 sizes: up to an hour (issue #14)
     grid = jobs(name)
-    assert len(grid) == int(info["Jobs"])
+    assert len(grid) == job_counts(name)[0]
     verdict = [job for job in grid if "compare.stage=tune" not in job]
     seeds = {o for job in verdict for o in job if o.startswith("train.seed=")}
     assert len(seeds) >= 3
@@ -87,6 +102,15 @@ def test_sweep_tunes_the_rate_per_variant_at_most_doubling_its_cost(name):
     assert len(tuning) <= verdict  # total <= 2x the untuned sweep with the same verdict seeds
     info = header(name)
     assert {"Tuning", "Cost"} <= info.keys() and f"{len(tuning)} tuning + {verdict} verdict runs" in info["Cost"]
+    # the grid's extension past an edge (hydra.sweeper.extend): stated, with its bound on the jobs
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan
+
+    extend = int(sweeper.get("extend", 2))
+    bound = plan([f"{k}={v}" for k, v in sweeper.params.items()], dict(sweeper.tune), list(sweeper.tune_seeds),
+                 sweeper.seed_key).max_extension_jobs(extend)
+    assert extend >= 1 and job_counts(name)[1] == bound == len(jobs_variants(grid)) * extend * len(sweeper.tune_seeds)
+    assert f"extended automatically by up to {extend} steps (x2 each)" in info["Tuning"]
+    assert all(b / a == 2 for a, b in zip(rates, rates[1:]))  # what "x2 each" says
 
 
 @pytest.mark.parametrize("name", SEARCHES)
