@@ -160,7 +160,8 @@ def test_an_option_that_cannot_be_batched_falls_back_to_separate_runs_with_its_l
 def test_the_tuning_sweeper_gets_each_members_own_loss(tmp_path):
     """hydra/sweeper=ablate_tuned chooses by the jobs' return values: each member must return its own."""
     result = ablate(*SWEEP, "hydra/launcher=batched", "hydra/sweeper=ablate_tuned", "compare.tuned=[optim.lr]",
-                    "+hydra.sweeper.tune={optim.lr: '1e-3,3e-3,1e-2'}", "hydra.sweeper.tune_seeds=[7]", cwd=tmp_path)
+                    "+hydra.sweeper.tune={optim.lr: '1e-3,3e-3,1e-2'}", "hydra.sweeper.tune_seeds=[7]",
+                    "hydra.sweeper.extend=0", cwd=tmp_path)  # (no grid extension: one tuning stage)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("together as one batched ensemble") == 2  # the 3 rates, then the 2 verdict seeds
     tuning = json.loads((tmp_path / "sweep" / "tuning.json").read_text())
