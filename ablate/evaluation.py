@@ -15,10 +15,11 @@ def eval_interval(train_cfg: Any) -> int:
     return max(1, round(train_cfg.max_steps / EVALUATIONS_PER_RUN))
 
 
-def step_zero_record(run: Any, bits_per_byte: Any) -> dict[str, Any]:
+def step_zero_record(run: Any, bits_per_byte: Any, val_loss: float | None = None) -> dict[str, Any]:
     """The metrics.jsonl row of the evaluation before the first step: no training loss, gradient
-    norm or throughput yet (null), the learning rate the first step will use."""
-    val_loss = run.evaluate()
+    norm or throughput yet (null), the learning rate the first step will use. `val_loss`: the run's
+    evaluation when the caller already has it (a batched ensemble evaluates its members at once)."""
+    val_loss = run.evaluate() if val_loss is None else val_loss
     return {"step": 0, "tokens": 0, "train_loss": None, "lr": run.cfg.optim.lr * run.schedule(0),
             "grad_norm": None, "tokens_per_s": None, "elapsed_s": 0.0, "val_loss": val_loss,
             "val_bpb": bits_per_byte(val_loss)}

@@ -15,7 +15,11 @@ import os
 import shutil
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -25,6 +29,31 @@ EXIT_BAD_CONFIG = 2
 EXIT_DISK_FULL = 1
 EXIT_INTERRUPTED = 130  # a stop request (SIGTERM, SIGUSR1, Ctrl-C): the process and its sweep end here
 REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
+DEFERRED = "deferred"  # a job's return value while a batched launcher holds it for training with others
+
+
+@dataclass
+class Deferral:
+    """Jobs accepted for training (validated, run directory planned, locked, .hydra/ written) that a batched
+    launcher trains afterwards, together (hydra_plugins/ablate_batched_launcher). `locks` holds their run
+    directories' locks from the job's first check until the launcher has trained them."""
+
+    locks: ExitStack
+    jobs: list[Any] = field(default_factory=list)  # ablate.ensemble.train.GroupJob, with the job's number
+
+
+_deferral: Deferral | None = None
+
+
+@contextmanager
+def deferring(locks: ExitStack) -> Iterator[Deferral]:
+    """While active, a job that would start training is handed to the yielded Deferral instead."""
+    global _deferral
+    _deferral = Deferral(locks)
+    try:
+        yield _deferral
+    finally:
+        _deferral = None
 
 
 def refuse(message: str, run_dir: Path, ours: bool = False) -> None:
@@ -104,8 +133,6 @@ def run_job(cfg: DictConfig) -> float:
 def run_locked(cfg: DictConfig, job: Job) -> float:
     from ablate import validate
     from ablate.checkpoint import check_run_dir
-    from ablate.data import DataError
-    from ablate.files import is_disk_full
 
     hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
     try:
@@ -128,10 +155,28 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
             save_hydra_files(run_dir, cfg, hydra_cfg)
         if cfg.train.threads is None:
             cfg.train.threads = threads_per_job(hydra_cfg.launcher)
-        summary = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group, plan=plan)
-    except (validate.ConfigError, DataError) as error:
-        return job.refused(cfg, error)
-    except Exception as error:
+        if _deferral is not None:  # trained by the batched launcher, with the other jobs of its group
+            return defer(cfg, job, plan, choices, group)
+        outcome = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group, plan=plan)
+    except Exception as error:  # noqa: BLE001  (conclude() sorts refusals, a full disk and failures)
+        outcome = error
+    return conclude(cfg, job, outcome)
+
+
+def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception, stop_if_interrupted: bool = True) -> float:
+    """The job's return value from how its training ended: its summary, or the error that stopped it
+    (a refusal, a full disk that ends the sweep, or a failure the sweep records and goes past). An
+    interrupted run ends the sweep (`stop_sweep`) unless the caller does that itself, after its other jobs
+    (`stop_if_interrupted=False`: a batched ensemble's members all report first)."""
+    from ablate import validate
+    from ablate.data import DataError
+    from ablate.files import is_disk_full
+
+    hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
+    if isinstance(outcome, (validate.ConfigError, DataError)):
+        return job.refused(cfg, outcome)
+    if isinstance(outcome, Exception):
+        error = outcome
         if is_disk_full(error):  # every later job would fail the same way: end the sweep too
             checkpoint = run_dir / "checkpoints" / "latest.pt"
             kept = (f"The last complete checkpoint, {checkpoint}, is intact: training resumes from it."
@@ -139,21 +184,39 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
             print(f"\nablate: stopped: {error}. {kept}", file=sys.stderr)
             sys.exit(EXIT_DISK_FULL)
         if not multirun:
-            raise
-        traceback.print_exc()
+            raise error
+        traceback.print_exception(error)
         if not (run_dir / "summary.json").exists():  # failed before training wrote its own summary
             record_failure(run_dir, cfg, f"{type(error).__name__}: {error}")
         print(f"ablate: job {hydra_cfg.job.num} failed; the sweep continues (see {run_dir}/summary.json)",
               file=sys.stderr)
         return math.inf
+    summary = outcome
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         print_result(summary, run_dir)
-    if summary["status"] == "interrupted":  # a stop request ends the sweep too, not only this job
-        print(f"ablate: stopped ({summary['error']}). Re-run the same command to resume: finished runs are "
-              f"skipped, this one continues from its checkpoint.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    if summary["status"] == "interrupted" and stop_if_interrupted:  # a stop request ends the sweep too
+        stop_sweep(summary["error"])
     loss = summary["final_val_loss"]
     return math.inf if loss is None or summary["status"] != "completed" else loss
+
+
+def stop_sweep(reason: str) -> None:
+    """End the process (and so its sweep) after a stop request, with exit code 130."""
+    print(f"ablate: stopped ({reason}). Re-run the same command to resume: finished runs are "
+          f"skipped, stopped ones continue from their checkpoints.", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def defer(cfg: DictConfig, job: Job, plan: Any, choices: dict[str, str], group: str | None) -> str:
+    """Hand the job, ready to train, to the active Deferral; its lock stays held until the launcher is done."""
+    from ablate import feedback
+    from ablate.ensemble.train import GroupJob
+    from ablate.runlock import hold
+
+    _deferral.locks.enter_context(hold(job.run_dir))  # (re-entrant) kept until the launcher has trained it
+    _deferral.jobs.append(GroupJob(cfg, job.run_dir, plan, choices, job.overrides, group, feedback.take_job_start(),
+                                   job=job))
+    return DEFERRED
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:

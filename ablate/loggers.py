@@ -129,7 +129,8 @@ class WandbLogger:
                  tags: list[str]):
         mode, self.mode_reason = wandb_mode_and_reason()
         self.init_kwargs = dict(project=cfg.project, entity=cfg.entity, group=group, name=run_name, tags=tags[:64],
-                                config=config, dir=str(run_dir), mode=mode, reinit="finish_previous")
+                                config=config, dir=str(run_dir), mode=mode,
+                                reinit="create_new")  # one process may log several runs at once (hydra/launcher=batched)
         self.run: Any = None
         self.error: BaseException | None = None
         self.pending: list[tuple[dict[str, Any], int]] = []

@@ -40,6 +40,12 @@ def loss_terms(model: Transformer, objective, logits: torch.Tensor, targets: tor
     return terms
 
 
+def add_terms(totals: dict[str, float], terms: dict[str, torch.Tensor], accum: int) -> None:
+    """Accumulate one micro-batch's loss terms into the step's means."""
+    for name, value in terms.items():
+        totals[name] = totals.get(name, 0.0) + value.item() / accum
+
+
 class Run:
     """State of one training run; `train` drives it."""
 
@@ -56,6 +62,8 @@ class Run:
         self.rng = np.random.default_rng(cfg.train.seed)
         self.step, self.tokens_seen, self.best_val_loss, self.initial_loss = 0, 0, math.inf, None
         self.checkpoint_path = run_dir / CHECKPOINT
+        # the global torch RNG state a checkpoint records (an ensemble member records its own, not the process's)
+        self.torch_rng = torch.get_rng_state
         # rank 0 decides (a probe on every rank would measure the others' load), every rank computes alike
         self.precision = world.broadcast(choose_precision(cfg.train.dtype, device) if world.is_main else None)
         amp = self.precision.autocast  # None: plain fp32
@@ -73,33 +81,46 @@ class Run:
         same starts and takes its slice of each of the train.grad_accum micro-batches.
 
         Returns the mean of each loss term over the global batch and the gradient norm before clipping."""
-        cfg, world = self.cfg, self.world
-        accum, context = cfg.train.grad_accum, cfg.model.context_length
-        global_starts = self.corpus.random_starts("train", cfg.train.batch_size, context, self.rng)
-        micro_batches = global_starts.reshape(accum, world.size, -1)[:, world.rank]
-        multiplier = self.schedule(self.step)
-        for group in self.optimizer.param_groups:  # each group's own peak rate (ablate/optim.py)
-            group["lr"] = group["initial_lr"] * multiplier
-        self.optimizer.zero_grad(set_to_none=True)
+        accum, world = self.cfg.train.grad_accum, self.world
+        self.begin_step()
         totals: dict[str, float] = {}
-        for index, starts in enumerate(micro_batches):
-            x, y = (self.to_device(a) for a in self.corpus.windows("train", starts, context))
+        for index, (x, y) in enumerate(self.micro_batches()):
             last_micro = index == accum - 1
             sync = nullcontext() if world.size == 1 or last_micro else self.model.no_sync()  # all-reduce once
             with sync:
                 with self.autocast():
                     terms = loss_terms(self.raw_model, self.objective, self.model(x), y)
                 (sum(terms.values()) / accum).backward()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / accum
-        totals = world.mean(totals)
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            add_terms(totals, terms, accum)
+        return world.mean(totals), self.end_step()
+
+    # The pieces of a step, also driven by ablate.ensemble for several runs at once.
+    def begin_step(self) -> None:
+        """Set this step's learning rates (the schedule's multiplier of each group's own peak rate,
+        ablate/optim.py) and clear the gradients."""
+        multiplier = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This step's (inputs, targets) per micro-batch, on the device: the next draw of the run's data order."""
+        cfg, world = self.cfg, self.world
+        accum, context = cfg.train.grad_accum, cfg.model.context_length
+        global_starts = self.corpus.random_starts("train", cfg.train.batch_size, context, self.rng)
+        starts = global_starts.reshape(accum, world.size, -1)[:, world.rank]
+        return [tuple(self.to_device(a) for a in self.corpus.windows("train", s, context)) for s in starts]
+
+    def end_step(self) -> float:
+        """Clip the gradients (train.grad_clip, 0 = off), take the optimizer step and count it; returns the
+        gradient norm before clipping."""
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         self.optimizer.step()
         self.raw_model.after_optimizer_step()  # modules that adapt between steps (MoE balancing biases)
         self.step += 1
-        self.tokens_seen += cfg.train.batch_size * cfg.model.context_length
-        return totals, grad_norm
+        self.tokens_seen += self.cfg.train.batch_size * self.cfg.model.context_length
+        return grad_norm
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -121,7 +142,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(), "step": self.step,
             "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
             "initial_loss": self.initial_loss, "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "torch_rng": self.torch_rng(), "config": OmegaConf.to_container(self.cfg, resolve=True),
             "vocab_size": self.corpus.tokenizer.vocab_size, "seed": self.cfg.train.seed,
             "corpus_fingerprint": self.corpus.meta["corpus_fingerprint"],
             "tokenizer_fingerprint": self.corpus.tokenizer.fingerprint(),

@@ -51,6 +51,7 @@ class RunSummary:
     dtype: Optional[str] = None
     dtype_reason: Optional[str] = None
     processes: int = 1
+    ensemble_members: int = 1  # runs trained together in one batched ensemble (hydra/launcher=batched)
     # start-up and the machine while the run trained
     data_prep_s: Optional[float] = None
     first_step_s: Optional[float] = None

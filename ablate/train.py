@@ -32,16 +32,30 @@ from ablate.hardware import resolve_device
 from ablate.machine_load import MachineLoad
 from ablate.metrics_file import MetricsFile, kill_point
 from ablate.preemption import StopRequest
-from ablate.rundir import Plan
 from ablate.run_state import Run, lm_loss, loss_terms  # noqa: F401  (lm_loss, loss_terms: re-exported)
+from ablate.rundir import Plan
 from ablate.runlock import locked_run_dir
 from ablate.summary import RunSummary, provenance
 from components.registry import config_of
 
 
 @dataclass
+class StepEnd:
+    """What the loop does after a training step: log it, evaluate, stop as diverged."""
+
+    terms: dict[str, float]
+    grad_norm: float
+    objective: float
+    diverged: bool
+    log: bool
+    evaluate: bool
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # of the step's forward, read before any evaluation
+
+
+@dataclass
 class Session:
-    """Everything the loop and the finish need, made once by `setup`."""
+    """Everything the loop and the finish need, made once by `setup`; the loop's per-step bookkeeping
+    (`step_done`, `log_step`), also used by ablate.ensemble for each member of a batched ensemble."""
 
     cfg: DictConfig
     run_dir: Path
@@ -57,6 +71,79 @@ class Session:
     val_loss: float | None = None
     trained_from: int = 0  # tokens seen when this process started training (a resume starts later)
     train_started: float = 0.0
+    train_ended: float | None = None  # when training stopped (set by a batched ensemble for all its members)
+    interval_started: float = 0.0
+    interval_tokens: int = 0
+    bar: Any = None
+
+    def start(self, step_zero_val_loss: float | None = None) -> None:
+        """Log the untrained model (a fresh run: every curve starts at the same point) and start the clocks."""
+        run = self.run
+        if run.step == 0:
+            record = step_zero_record(run, self.corpus.bits_per_byte, step_zero_val_loss)
+            self.metrics.write(record)
+            self.logger.log({k: v for k, v in record.items() if v is not None}, step=0)
+        self.machine_load.start()  # other processes' CPU share: is tokens_per_s the option's or the machine's?
+        self.train_started = self.interval_started = time.perf_counter()
+        self.interval_tokens = 0
+        self.bar = tqdm(total=self.cfg.train.max_steps, initial=run.step, mininterval=1.0, dynamic_ncols=True,
+                        disable=not (self.progress and self.world.is_main), desc="train")
+
+    def step_done(self, terms: dict[str, float], grad_norm: float) -> StepEnd:
+        """Account for the step `run` just took: first-step time, throughput, the divergence check."""
+        cfg, run = self.cfg, self.run
+        if self.summary.first_step_s is None:  # job start to first step done: the start-up cost users wait for
+            self.summary.first_step_s = round(time.monotonic() - self.job_started, 3)
+        objective = sum(terms.values())
+        self.interval_tokens += cfg.train.batch_size * cfg.model.context_length
+        run.initial_loss = run.initial_loss or objective
+        diverged = not math.isfinite(objective) or objective > cfg.train.divergence_factor * run.initial_loss
+        eval_every, last = eval_interval(cfg.train), run.step == cfg.train.max_steps
+        evaluate = run.step % eval_every == 0 or last
+        log = run.step % cfg.train.log_interval == 0 or evaluate or diverged
+        diagnostics = run.raw_model.diagnostics() if log else {}  # an evaluation's forward would overwrite them
+        return StepEnd(terms, grad_norm, objective, diverged, log, evaluate and not diverged, diagnostics)
+
+    def log_step(self, end: StepEnd, val_loss: float | None) -> None:
+        """The step's metrics row (with `val_loss` on evaluation steps), the checkpoint after it, the logger,
+        the progress bar; a diverged run's summary says so."""
+        run, loss = self.run, end.terms["ce"]
+        if end.log:
+            now = time.perf_counter()
+            record = {"step": run.step, "tokens": run.tokens_seen, "train_loss": loss,
+                      "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": end.grad_norm,
+                      "tokens_per_s": self.interval_tokens / max(now - self.interval_started, 1e-9),
+                      "elapsed_s": now - self.train_started,
+                      **{name: value for name, value in end.terms.items() if name != "ce"},
+                      **end.diagnostics}
+            self.interval_started, self.interval_tokens = now, 0
+            if end.evaluate:
+                self.val_loss = val_loss
+                run.best_val_loss = min(run.best_val_loss, val_loss)
+                record.update(val_loss=val_loss, val_bpb=self.corpus.bits_per_byte(val_loss))
+            self.metrics.write(record)  # the row before the checkpoint that covers it: a kill loses none
+            kill_point("after-metrics-row", run.step)
+            if end.evaluate:
+                run.save_checkpoint()
+                kill_point("after-checkpoint", run.step)
+            self.logger.log(record, step=run.step)
+            self.bar.set_postfix(feedback.progress_postfix(loss, self.val_loss, record["lr"], record["tokens_per_s"]),
+                                 refresh=False)
+        self.bar.update(1)
+        if end.diverged:
+            self.summary.update(status="diverged", error=f"training objective {end.objective} at step {run.step} "
+                                f"(initial {run.initial_loss:.3f}, limit x{self.cfg.train.divergence_factor})")
+
+    def interrupt(self, reason: str) -> None:
+        """Checkpoint and mark the run interrupted (a stop request between two steps)."""
+        self.run.save_checkpoint()
+        self.summary.update(status="interrupted", error=f"{reason} at step {self.run.step}; checkpoint saved, "
+                            f"re-run the same command to resume (train.resume=auto)")
+
+    def complete(self) -> None:
+        self.summary.status = "completed"
+        if self.val_loss is None:  # resumed a run that had already finished: report its loss again
+            self.val_loss = self.run.evaluate()
 
 
 @locked_run_dir  # one process per run directory (ablate.runlock)
@@ -137,69 +224,27 @@ def setup(cfg: DictConfig, run_dir: Path, plan: Plan | None, choices: dict[str, 
 
 def loop(session: Session, stop: StopRequest) -> None:
     """Train until train.max_steps, divergence or a stop request; sets the summary's status."""
-    cfg, run, world, summary = session.cfg, session.run, session.world, session.summary
-    eval_every = eval_interval(cfg.train)
-    if run.step == 0:  # the untrained model: every curve starts at the same point
-        record = step_zero_record(run, session.corpus.bits_per_byte)
-        session.metrics.write(record)
-        session.logger.log({k: v for k, v in record.items() if v is not None}, step=0)
-    session.machine_load.start()  # other processes' CPU share: is tokens_per_s the option's or the machine's?
-    session.train_started = interval_started = time.perf_counter()
-    interval_tokens = 0
-    bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not (session.progress and world.is_main),
-               mininterval=1.0, dynamic_ncols=True, desc="train")
-    with bar:
-        while run.step < cfg.train.max_steps:
+    run = session.run
+    session.start()
+    with session.bar:
+        while run.step < session.cfg.train.max_steps:
             terms, grad_norm = run.train_step()
-            if summary.first_step_s is None:  # job start to first step done: the start-up cost users wait for
-                summary.first_step_s = round(time.monotonic() - session.job_started, 3)
-            loss, objective = terms["ce"], sum(terms.values())
-            interval_tokens += cfg.train.batch_size * cfg.model.context_length
-            run.initial_loss = run.initial_loss or objective
-            diverged = not math.isfinite(objective) or objective > cfg.train.divergence_factor * run.initial_loss
-            last = run.step == cfg.train.max_steps
-            if run.step % cfg.train.log_interval == 0 or run.step % eval_every == 0 or last or diverged:
-                now = time.perf_counter()
-                record = {"step": run.step, "tokens": run.tokens_seen, "train_loss": loss,
-                          "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                          "tokens_per_s": interval_tokens / max(now - interval_started, 1e-9),
-                          "elapsed_s": now - session.train_started,
-                          **{name: value for name, value in terms.items() if name != "ce"},
-                          **run.raw_model.diagnostics()}
-                interval_started, interval_tokens = now, 0
-                if (run.step % eval_every == 0 or last) and not diverged:
-                    session.val_loss = run.evaluate()
-                    run.best_val_loss = min(run.best_val_loss, session.val_loss)
-                    record.update(val_loss=session.val_loss, val_bpb=session.corpus.bits_per_byte(session.val_loss))
-                session.metrics.write(record)  # the row before the checkpoint that covers it: a kill loses none
-                kill_point("after-metrics-row", run.step)
-                if "val_loss" in record:
-                    run.save_checkpoint()
-                    kill_point("after-checkpoint", run.step)
-                session.logger.log(record, step=run.step)
-                bar.set_postfix(feedback.progress_postfix(loss, session.val_loss, record["lr"],
-                                                          record["tokens_per_s"]), refresh=False)
-            bar.update(1)
-            if diverged:
-                summary.update(status="diverged", error=f"training objective {objective} at step {run.step} "
-                               f"(initial {run.initial_loss:.3f}, limit x{cfg.train.divergence_factor})")
+            end = session.step_done(terms, grad_norm)
+            session.log_step(end, run.evaluate() if end.evaluate else None)
+            if end.diverged:
                 return
-            if world.any(stop.received is not None):  # every rank stops at the same step
-                run.save_checkpoint()
-                summary.update(status="interrupted", error=f"{stop.received or 'a signal to another rank'} at "
-                               f"step {run.step}; checkpoint saved, re-run the same command to resume "
-                               f"(train.resume=auto)")
+            if session.world.any(stop.received is not None):  # every rank stops at the same step
+                session.interrupt(stop.received or "a signal to another rank")
                 return
-    summary.status = "completed"
-    if session.val_loss is None:  # resumed a run that had already finished: report its loss again
-        session.val_loss = run.evaluate()
+    session.complete()
 
 
 def finish(session: Session) -> None:
     """Fill the summary from the run, write the sample and summary.json, close the files and logger."""
     run, summary, val_loss = session.run, session.summary, session.val_loss
     session.metrics.close()
-    wall = time.perf_counter() - session.train_started if session.train_started else 0.0
+    ended = session.train_ended or time.perf_counter()
+    wall = ended - session.train_started if session.train_started else 0.0
     trained_tokens = run.tokens_seen - session.trained_from
     summary.update(
         final_val_loss=val_loss, best_val_loss=None if math.isinf(run.best_val_loss) else run.best_val_loss,

@@ -222,3 +222,20 @@ def test_bad_arguments_are_refused():
         bench.parse_args(["--peers", "nanogpt,vllm"])
     args = bench.parse_args([])
     assert args.shapes == ["A", "B"] and args.models and args.threads == 2 and args.steps == 20
+
+
+def test_sweep_section_runs_both_launchers_side_by_side_and_compares_their_losses(tmp_path):
+    from ablate.bench.sweep import max_relative_difference
+
+    assert max_relative_difference([(1, "train_loss", 2.0)], [(1, "train_loss", 2.002)]) == pytest.approx(1e-3)
+    assert max_relative_difference([(1, "train_loss", 2.0)], [(2, "train_loss", 2.0)]) == math.inf
+    overrides = (f"model=micro data=text data.path={POEMS} tokenizer.vocab_size=300 train.batch_size=4 "
+                 f"train.eval_batches=1 train.sample_tokens=5")
+    result = bench.main(["--sweep", "--repeats", "1", "--sweep-steps", "3", "--threads", "1",
+                         "--sweep-grid", "train.seed=0,1", "--run-overrides", overrides])
+    rows = {(r["launcher"], r["dtype"]): r for r in result["sweep"]["rows"]}
+    assert set(rows) == {(launcher, dtype) for launcher in ("basic", "batched") for dtype in ("fp32", "auto")}
+    assert all(r["jobs"] == r["completed"] == 2 and len(r["wall_all_s"]) == 1 for r in rows.values())
+    assert rows[("basic", "fp32")]["speedup"] == 1.0 and rows[("batched", "fp32")]["computed_in"] == "fp32"
+    assert rows[("batched", "fp32")]["loss_rel_diff_same_dtype"] < 1e-4  # the ensemble reproduces each job
+    assert rows[("batched", "fp32")]["final_loss_diff_vs_fp32"] < 1e-4 and rows[("batched", "fp32")]["verdicts_match"]

@@ -29,6 +29,8 @@ SHAPES = {
     "tiny": Shape(n_layers=2, n_heads=2, d_model=32, context=16, batch=2, vocab=512),  # tests
     "A": Shape(n_layers=4, n_heads=4, d_model=128, context=64, batch=12),
     "B": Shape(n_layers=6, n_heads=6, d_model=384, context=256, batch=16),
+    # GPT-2 small (conf/model/gpt2_124m.yaml) with GPT-2's vocabulary: a GPU size (ablate/bench/gpu.sh)
+    "G": Shape(n_layers=12, n_heads=12, d_model=768, context=1024, batch=16, vocab=50257),
 }
 
 

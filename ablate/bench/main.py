@@ -8,6 +8,7 @@
     python -m ablate.bench --data                           # input pipeline (memmap batches) vs step time
     python -m ablate.bench --startup                        # `run.py --cfg job` time, launch to first step
     python -m ablate.bench --shapes B --compile             # presets also under torch.compile, vs eager
+    python -m ablate.bench --sweep                          # a small sweep: basic vs batched launcher, fp32 vs auto
 
 What one step is: see ablate/bench/core.py (the same for every model; peers start from our weights).
 
@@ -127,7 +128,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer-vocab", type=int, default=4096)
     p.add_argument("--data", action="store_true", help="input pipeline time vs step time")
     p.add_argument("--startup", action="store_true", help="`run.py --cfg job` time and a run's launch-to-first-step time")
-    p.add_argument("--repeats", type=int, default=3, help="fresh processes per --startup figure (default 3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="fresh processes per --startup figure, rounds of --sweep (default 3)")
+    p.add_argument("--sweep", action="store_true",
+                   help="a small multirun under hydra/launcher=basic and batched, train.dtype=fp32 and auto, side by side")
+    p.add_argument("--sweep-grid", type=lambda text: text.split(), default=None, metavar="'K=V,V ...'",
+                   help="the --sweep grid (default 'norm=rms,ln train.seed=0,1,2')")
+    p.add_argument("--sweep-steps", type=int, default=30, help="train.max_steps of each --sweep job (default 30)")
     p.add_argument("--run-overrides", type=lambda text: text.split(), default=[], metavar="'K=V ...'",
                    help="extra run.py overrides for --startup (e.g. a small corpus)")
     p.add_argument("--models", action="store_true", help="the preset/peer table (the default when no section is named)")
@@ -140,9 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.shapes = args.shapes or ["A", "B"]
     if args.no_peers:
         args.peers = []
-    if args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.repeats < 1:
-        p.error("--steps must be >= 1, --warmup >= 0, --threads >= 1, --repeats >= 1")
-    if not (args.components or args.tokenizer or args.data or args.startup):
+    if args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.repeats < 1 or args.sweep_steps < 1:
+        p.error("--steps must be >= 1, --warmup >= 0, --threads >= 1, --repeats >= 1, --sweep-steps >= 1")
+    if not (args.components or args.tokenizer or args.data or args.startup or args.sweep):
         args.models = True
     return args
 
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ablate.bench.report import report  # lazily: only the sections asked for are imported
     from ablate.bench.sections import bench_components, bench_data, bench_tokenizer
     from ablate.bench.startup import bench_startup
+    from ablate.bench.sweep import bench_sweep
 
     args = parse_args(argv)
     threads_before = torch.get_num_threads()
@@ -200,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["data"] = bench_data(args, device, notes)
         if args.startup:
             result["startup"] = bench_startup(args, notes)
+        if args.sweep:
+            result["sweep"] = bench_sweep(args, notes)
         result["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         result["cpu_load"] = load.result()
         if args.memory and (args.models or args.components):

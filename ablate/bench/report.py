@@ -42,6 +42,10 @@ TOKENIZER_COLUMNS = [("tokenizer", "tokenizer", ""), ("vocab", "vocab_size", "")
                      ("train ×", "train_s_ratio", ".2f"), ("encode MB/s", "encode_mb_per_s", ".2f"),
                      ("encode ×", "encode_mb_per_s_ratio", ".2f"), ("tok/s", "encode_tokens_per_s", ",.0f"),
                      ("bytes/token", "bytes_per_token", ".3f")]
+SWEEP_COLUMNS = [("launcher", "launcher", ""), ("train.dtype", "dtype", ""), ("computed in", "computed_in", ""),
+                 ("jobs", "jobs", ""), ("completed", "completed", ""), ("wall s", "wall_s", ".1f"),
+                 ("speed-up", "speedup", ".2f"), ("loss rel diff", "loss_rel_diff_same_dtype", ".1e"),
+                 ("Δfinal vs fp32", "final_loss_diff_vs_fp32", ".4f"), ("verdicts", "verdicts_h", "")]
 DATA_COLUMNS = [("shape", "shape", ""), ("model", "model", ""), ("dtype", "dtype", ""), ("batch ms", "batch_ms", ".3f"),
                 ("step ms", "step_ms", ".1f"), ("input share", "input_share", ".2%"), ("prepare s", "prepare_s", ".2f")]
 
@@ -92,6 +96,11 @@ def report(result: dict[str, Any]) -> str:
         out += ["", f"start-up: `python ablate/run.py --cfg job` {s['cfg_job_s']:.2f} s; launch to first training step "
                     f"done {s['first_step_s_wandb']:.2f} s with W&B (offline), {s['first_step_s_none']:.2f} s with "
                     f"logger=none"]
+    if result.get("sweep"):
+        rows = [{**r, "verdicts_h": "same as basic fp32" if r["verdicts_match"] else "; ".join(r["verdicts"])}
+                for r in result["sweep"]["rows"]]
+        out += ["", table(rows, SWEEP_COLUMNS), "verdicts of basic fp32: "
+                + ("; ".join(result["sweep"]["rows"][0]["verdicts"]) or "none (no report)")]
     out += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(line if line.startswith(("-", " ")) or "  " in line.strip() else
                      textwrap.fill(line, width=118, subsequent_indent="  ") for line in "\n".join(out).split("\n"))

@@ -1,0 +1,110 @@
+"""Sweep throughput (`python -m ablate.bench --sweep`): one small grid run as a real multirun under each
+launcher and dtype, side by side, with the wall time a user waits for and whether the results agree.
+
+    basic   fp32   today's default before issue #17: one job after another, in fp32
+    basic   auto   the same, with train.dtype=auto (bf16 autocast where the machine measures it faster)
+    batched fp32   hydra/launcher=batched: each group of seeds (and tuned values) as one batched ensemble
+    batched auto   both
+
+Every variant is `python ablate/run.py -m GRID` in a fresh process (start-up, data, the sweep's report
+included); the variants take turns, `--repeats` rounds with the order rotated each round, and the median
+wall time counts. Agreement: every logged loss of each job against the same job of the basic launcher in
+the same dtype (the batched ensemble must reproduce it: max relative difference), each job's final
+validation loss against basic fp32 (bf16 moves it a little), and the report's verdicts
+(comparisons.csv) against basic fp32's.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ablate.bench.configs import ROOT
+
+RUN = [sys.executable, str(ROOT / "ablate" / "run.py")]
+VARIANTS = [("basic", "fp32"), ("basic", "auto"), ("batched", "fp32"), ("batched", "auto")]
+DEFAULT_GRID = ["norm=rms,ln", "train.seed=0,1,2"]
+
+
+def run_sweep(overrides: list[str], sweep_dir: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([*RUN, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`python ablate/run.py -m {' '.join(overrides)}` exited {done.returncode}:\n"
+                           f"{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def jobs_of(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """Job number -> its summary and logged losses."""
+    jobs = {}
+    for summary_path in sorted(sweep_dir.glob("*/summary.json")):
+        rows = [json.loads(line) for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines()]
+        losses = [(r["step"], name, r[name]) for r in rows for name in ("train_loss", "val_loss")
+                  if r.get(name) is not None]
+        jobs[summary_path.parent.name] = {"summary": json.loads(summary_path.read_text()), "losses": losses}
+    return jobs
+
+
+def verdicts_of(sweep_dir: Path) -> dict[tuple[str, str], str]:
+    path = sweep_dir / "report" / "comparisons.csv"
+    return {(row["axis"], row["option"]): row["verdict"] for row in csv.DictReader(open(path))} if path.exists() else {}
+
+
+def max_relative_difference(a: list[tuple], b: list[tuple]) -> float:
+    """The largest relative difference between two jobs' logged losses (inf if they logged different rows)."""
+    if [(step, name) for step, name, _ in a] != [(step, name) for step, name, _ in b]:
+        return float("inf")
+    return max((abs(x - y) / max(abs(x), 1e-12) for (_, _, x), (_, _, y) in zip(a, b)), default=0.0)
+
+
+def bench_sweep(args, notes: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    grid = args.sweep_grid or DEFAULT_GRID
+    common = [*grid, f"train.max_steps={args.sweep_steps}",
+              f"train.eval_interval={max(1, args.sweep_steps // 2)}", "logger=none",
+              f"train.threads={args.threads}", *args.run_overrides]
+    walls: dict[tuple[str, str], list[float]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="ablate-sweep-bench-") as tmp:
+        # data and tokenizer caches, and the bf16 probe's cached answer, before anything is timed
+        run_sweep([*grid[:1], *common[len(grid):], "train.max_steps=1", "train.dtype=auto"], Path(tmp) / "warm", env)
+        for round_ in range(args.repeats):
+            order = VARIANTS[round_ % len(VARIANTS):] + VARIANTS[:round_ % len(VARIANTS)]
+            for launcher, dtype in order:
+                sweep_dir = Path(tmp) / f"{launcher}-{dtype}-{round_}"
+                walls[(launcher, dtype)].append(run_sweep(
+                    [*common, f"hydra/launcher={launcher}", f"train.dtype={dtype}"], sweep_dir, env))
+        results = {v: jobs_of(Path(tmp) / f"{v[0]}-{v[1]}-0") for v in VARIANTS}
+        verdicts = {v: verdicts_of(Path(tmp) / f"{v[0]}-{v[1]}-0") for v in VARIANTS}
+    reference = walls[("basic", "fp32")]
+    rows = []
+    for launcher, dtype in VARIANTS:
+        jobs, same_dtype = results[(launcher, dtype)], results[("basic", dtype)]
+        fp32 = results[("basic", "fp32")]
+        rows.append({
+            "launcher": launcher, "dtype": dtype,
+            "computed_in": ",".join(sorted({j["summary"]["dtype"] for j in jobs.values()})),
+            "jobs": len(jobs), "completed": sum(j["summary"]["status"] == "completed" for j in jobs.values()),
+            "wall_s": statistics.median(walls[(launcher, dtype)]), "wall_all_s": walls[(launcher, dtype)],
+            "speedup": statistics.median(reference) / statistics.median(walls[(launcher, dtype)]),
+            "loss_rel_diff_same_dtype": max((max_relative_difference(same_dtype[k]["losses"], jobs[k]["losses"])
+                                             for k in same_dtype), default=None),
+            "final_loss_diff_vs_fp32": max((abs(jobs[k]["summary"]["final_val_loss"]
+                                                - fp32[k]["summary"]["final_val_loss"]) for k in fp32), default=None),
+            "verdicts_match": verdicts[(launcher, dtype)] == verdicts[("basic", "fp32")],
+            "verdicts": sorted(f"{axis}={option}: {v}" for (axis, option), v in verdicts[(launcher, dtype)].items()),
+        })
+    notes.append(f"sweep: `python ablate/run.py -m {' '.join(common)}` with hydra/launcher=basic|batched and "
+                 f"train.dtype=fp32|auto, each a fresh process (start-up, data and report included), median of "
+                 f"{args.repeats} rounds taken in turns; speed-up = basic fp32's wall time / the variant's; loss rel "
+                 f"diff = the largest relative difference of any logged loss from the same job under the basic "
+                 f"launcher in the same dtype")
+    return {"grid": common, "repeats": args.repeats, "rows": rows}

@@ -1,0 +1,190 @@
+"""`hydra/launcher=batched`: the jobs of a sweep that differ only in their seed and tuned values train
+together in one process, as one batched ensemble (ablate.ensemble).
+
+Per launch (the whole sweep, or one stage of `hydra/sweeper=ablate_tuned`), the jobs are grouped by their
+composed config with `train.seed` and the `compare.tuned` keys left out. Each group's jobs run through the
+task function as usual, one by one (validation, the run directory's plan and lock, .hydra/), except that a
+job accepted for training is handed back instead of trained (ablate.job.deferring); the group's accepted
+jobs then train together (ablate.ensemble.train.train_group) and each job's return value is its own final
+validation loss, as with the basic launcher. A group that cannot be batched (its option has no stacked form,
+dropout, torch.compile, a tuned key that changes the architecture) runs one job after another, with one
+printed line saying why; so does a group of one.
+
+Members may differ only where each keeps an object of its own: `train.seed` (data order and
+initialization), `optim.*`, `schedule.*` and `z_loss.*`. `hydra.launcher.max_members` caps a group's size
+(memory: the ensemble's activations grow with it).
+"""
+# No `from __future__ import annotations`: Hydra executes this module before it is in sys.modules,
+# and dataclasses then cannot resolve string annotations.
+import json
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+SEED_KEY = "train.seed"
+# where members may differ: each member has its own generator, optimizer, schedule and objective
+PER_MEMBER = ("train.seed", "optim", "schedule", "z_loss")
+
+
+@dataclass
+class BatchedLauncherConf:
+    _target_: str = "hydra_plugins.ablate_batched_launcher.batched_launcher.BatchedLauncher"
+    max_members: Optional[int] = None  # jobs per ensemble at most; null = a whole group
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="ablate")
+
+
+def leaves(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """Dotted key -> value of every leaf of a plain config tree."""
+    if isinstance(tree, dict):
+        found: Dict[str, Any] = {}
+        for key, value in tree.items():
+            found.update(leaves(value, f"{prefix}{key}."))
+        return found
+    return {prefix[:-1]: tree}
+
+
+def task_tree(config: DictConfig) -> Dict[str, Any]:
+    """A job's composed config without Hydra's own node, as plain data (interpolations left as written)."""
+    tree = OmegaConf.to_container(config, resolve=False)
+    tree.pop("hydra", None)
+    return tree
+
+
+def varying_keys(tree: Dict[str, Any]) -> List[str]:
+    """The keys a group's jobs may differ in: the seed and the job's `compare.tuned` keys."""
+    return [SEED_KEY, *(str(k) for k in (tree.get("compare") or {}).get("tuned") or [])]
+
+
+def group_key(tree: Dict[str, Any]) -> str:
+    varying = varying_keys(tree)
+    fixed = {k: v for k, v in leaves(tree).items()
+             if not any(k == key or k.startswith(key + ".") for key in varying)}
+    return json.dumps(fixed, sort_keys=True, default=str)
+
+
+def group_jobs(trees: Sequence[Dict[str, Any]]) -> List[List[int]]:
+    """Positions of the jobs, grouped by everything but their seed and tuned keys, in order of first job."""
+    groups: Dict[str, List[int]] = {}
+    for position, tree in enumerate(trees):
+        groups.setdefault(group_key(tree), []).append(position)
+    return list(groups.values())
+
+
+def unbatchable_difference(trees: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """Why these jobs cannot share one ensemble because of what differs between them (None if they can)."""
+    flat = [leaves(t) for t in trees]
+    keys = sorted(set().union(*flat))
+    differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    shared = [k for k in differing if not any(k == p or k.startswith(p + ".") for p in PER_MEMBER)]
+    if shared:
+        return (f"they differ in {', '.join(shared[:4])} (a compare.tuned key), and an ensemble's members share "
+                f"everything but {', '.join(PER_MEMBER)}")
+    return None
+
+
+def why_not_batched(trees: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """One line saying why a group trains one job after another, or None when it trains as one ensemble."""
+    difference = unbatchable_difference(trees)
+    if difference:
+        return difference
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "data-parallel processes (torchrun) train one run at a time"
+    from ablate.config import structured
+    from ablate.ensemble.stacked import why_not_batchable
+
+    try:
+        cfg = structured(trees[0])
+    except Exception:  # noqa: BLE001  (a config the job itself will refuse, with its own message)
+        return "the config does not compose here; each job reports its own refusal"
+    try:
+        return why_not_batchable(cfg)
+    except Exception as error:  # noqa: BLE001  (a model that cannot be built is refused by its job)
+        return f"the model could not be built for the check ({type(error).__name__}: {error})"
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, max_members: Optional[int] = None) -> None:
+        super().__init__()
+        self.max_members = max_members
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for idx, overrides in enumerate(job_overrides):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = sweep_config.hydra.job.num = initial_job_idx + idx
+            configs.append(sweep_config)
+        trees = [task_tree(c) for c in configs]
+        groups = group_jobs(trees)
+        log.info(f"Launching {len(job_overrides)} jobs locally, in {len(groups)} batched group(s)")
+        returns: List[Optional[JobReturn]] = [None] * len(configs)
+        for group in groups:
+            numbers = ", ".join(f"#{initial_job_idx + p}" for p in group)
+            reason = why_not_batched([trees[p] for p in group]) if len(group) > 1 else None
+            if len(group) == 1 or reason:
+                if reason:
+                    print(f"ablate: jobs {numbers} run one after another, not as a batched ensemble: {reason}")
+                for p in group:
+                    returns[p] = self.run_one(configs[p])
+                continue
+            size = self.max_members or len(group)
+            for start in range(0, len(group), size):
+                part = group[start:start + size]
+                for p, ret in zip(part, self.run_together([configs[p] for p in part])):
+                    returns[p] = ret
+        return returns  # type: ignore[return-value]
+
+    def run_one(self, config: DictConfig) -> JobReturn:
+        log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def run_together(self, configs: List[DictConfig]) -> List[JobReturn]:
+        """Each job through the task function, which hands back the ones accepted for training; those then
+        train as one ensemble and get their own results as return values."""
+        from ablate import job as ablate_job
+        from ablate.ensemble.train import train_group
+
+        with ExitStack() as locks:
+            with ablate_job.deferring(locks) as deferral:
+                returns = [self.run_one(config) for config in configs]
+            deferred = [r for r in returns if r.status.name == "COMPLETED" and r.return_value == ablate_job.DEFERRED]
+            if not deferred:
+                return returns
+            print(f"ablate: training jobs {', '.join('#' + str(j.job.hydra_cfg.job.num) for j in deferral.jobs)} "
+                  f"together as one batched ensemble (hydra/launcher=batched)")
+            outcomes = train_group(deferral.jobs)
+            for ret, job, outcome in zip(deferred, deferral.jobs, outcomes, strict=True):
+                ret.return_value = ablate_job.conclude(job.cfg, job.job, outcome, stop_if_interrupted=False)
+            stopped = [o for o in outcomes if isinstance(o, dict) and o.get("status") == "interrupted"]
+        if stopped:  # a stop request checkpointed every member: it ends the sweep, as for a job of its own
+            ablate_job.stop_sweep(stopped[0]["error"])
+        return returns
