@@ -33,6 +33,11 @@ TRANSFER_COLUMNS = ["rung", "d_model", "compute", "variant", "n", "mean", "rank"
                     "p_adjusted", "verdict"]
 
 
+# Exponents closer than this are one exponent: over the 100x compute span of a ladder the multiplier
+# moves by under 0.5 % (a noise-free bootstrap's interval is a rounding error wide, not evidence).
+ALPHA_SAME = 1e-3
+
+
 @dataclass
 class Multiplier:
     variant: str
@@ -61,8 +66,8 @@ class Multiplier:
     @property
     def trend(self) -> str:
         """How the multiplier moves with compute, from the separate fits' exponents: `rises`, `falls`,
-        or `steady` (the 90 % interval of the exponents' difference contains 0, or is unknown)."""
-        if not (self.alpha_diff_ci_low > 0 or self.alpha_diff_ci_high < 0):
+        or `steady` (the 90 % interval of the exponents' difference reaches within ALPHA_SAME of 0, or is unknown)."""
+        if not (self.alpha_diff_ci_low > ALPHA_SAME or self.alpha_diff_ci_high < -ALPHA_SAME):
             return "steady"
         return "rises" if self.alpha_diff_ci_low > 0 else "falls"
 
@@ -279,36 +284,56 @@ def _times(x: float) -> str:
 
 
 def multiplier_sentence(m: Multiplier) -> str:
-    """"`swiglu` is worth 1.30× compute (90 % CI 1.10-1.52×) over `gelu`; the gap grows with scale (α ...)"."""
+    """One number only where one number is the answer: "`swiglu` is worth 1.30× compute (90 % CI
+    1.10-1.52×) over `gelu`; no detectable change with scale (α ...)". When the separate fits' exponents
+    differ (their difference's interval excludes 0) the multiplier depends on the compute it is read at,
+    and the shared-α number is only an average over the ladder: say so, and give the largest rung's."""
     if not m.used:
         why = m.note or "not fitted"
         return f"`{m.variant}`: no compute multiplier over `{m.baseline}` ({why})"
-    text = (f"`{m.variant}` is worth {_times(m.compute_multiplier)} compute ({m.confidence:.0%} CI "
-            f"{m.ci_low:.2f}-{m.ci_high:.2f}×) over `{m.baseline}`").replace("%", " %")
+    interval = f"{m.confidence:.0%} CI {m.ci_low:.2f}-{m.ci_high:.2f}×".replace("%", " %")
     alphas = f"α {m.alpha_variant:.2f} vs {m.alpha_baseline:.2f}" if math.isfinite(m.alpha_variant) else ""
     if m.trend == "steady":
+        text = f"`{m.variant}` is worth {_times(m.compute_multiplier)} compute ({interval}) over `{m.baseline}`"
         return text + (f"; no detectable change with scale ({alphas})" if alphas else "")
-    ahead = m.compute_multiplier >= 1
-    grows = (m.trend == "rises") == ahead
-    return text + f"; the gap {'grows' if grows else 'shrinks'} with scale ({alphas})"
+    difference = (f"{m.confidence:.0%} CI of the difference {m.alpha_diff_ci_low:+.2f} to "
+                  f"{m.alpha_diff_ci_high:+.2f}").replace("%", " %")
+    gains = "gains on" if m.trend == "rises" else "loses ground to"
+    return (f"`{m.variant}` {gains} `{m.baseline}` as compute grows ({alphas}, {difference}), so no single "
+            f"multiplier holds: at the largest rung ({m.at_flops:.2g} FLOPs) the separate fits give "
+            f"{_times(m.multiplier_separate_fits)}; the shared-α fit's {_times(m.compute_multiplier)} ({interval}) "
+            f"averages over the ladder")
 
 
 def transfer_sentence(ladder: Ladder) -> str:
-    """Does the smallest rung's winner still win at the largest?"""
+    """Does the smallest rung's verdict hold at the largest? Paired verdicts, not lowest means: a rank
+    decided by seed noise is no winner."""
     t = ladder.transfer.dropna(subset=["mean"])
     rungs = list(dict.fromkeys(t["rung"]))
     if len(rungs) < 2 or t["variant"].nunique() < 2:
         return ""
     first, last = t[t["rung"] == rungs[0]], t[t["rung"] == rungs[-1]]
-    small, large = first.loc[first["mean"].idxmin(), "variant"], last.loc[last["mean"].idxmin(), "variant"]
-    words = lambda frame, v: frame.loc[frame["variant"] == v, "verdict"].iloc[0] if (frame["variant"] == v).any() else "–"
-    detail = ""
-    if ladder.baseline is not None and small != ladder.baseline:
-        detail = f" (paired verdict against `{ladder.baseline}`: {words(first, small)} at rung {rungs[0]}, " \
-                 f"{words(last, small)} at rung {rungs[-1]})"
-    if small == large:
-        return f"The smallest rung's winner, `{small}`, still wins at the largest{detail}."
-    return f"The smallest rung's winner, `{small}`, does not win at the largest: `{large}` does{detail}."
+    if ladder.baseline is None:
+        small, large = first.loc[first["mean"].idxmin(), "variant"], last.loc[last["mean"].idxmin(), "variant"]
+        return (f"Lowest mean at the smallest rung: `{small}`; at the largest: `{large}` (no baseline, so no "
+                f"paired verdict says whether either lead is more than seed noise).")
+    words = lambda frame, v: frame.loc[frame["variant"] == v, "verdict"].iloc[0] if (frame["variant"] == v).any() else "not run"
+    parts = []
+    for variant in dict.fromkeys(t["variant"]):
+        if variant == ladder.baseline:
+            continue
+        before, after = words(first, variant), words(last, variant)
+        if before not in (BETTER, WORSE):
+            outcome = "the smallest rung gives no verdict to transfer"
+        elif after == before:
+            outcome = "the verdict holds"
+        elif after in (BETTER, WORSE):
+            outcome = "the verdict reverses"
+        else:
+            outcome = "the largest rung does not confirm it"
+        parts.append(f"`{variant}` {verdict_words(before)} at rung {rungs[0]}, {verdict_words(after)} at rung "
+                     f"{rungs[-1]}: {outcome}")
+    return f"Paired verdicts against `{ladder.baseline}`, smallest rung to largest: " + "; ".join(parts) + "."
 
 
 def opening_sentences(ladder: Ladder) -> str:
