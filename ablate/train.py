@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,16 +162,31 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
         return session
     with StopRequest() as stop:
         try:
-            loop(session, stop)
-        except KeyboardInterrupt:
-            session.summary.update(status="interrupted", error="interrupted by the user")
-            raise
-        except Exception as error:
-            session.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
-            raise
+            with recording_failure([session]):
+                loop(session, stop)
         finally:
             finish(session)
     return session.summary.to_dict()
+
+
+@contextmanager
+def recording_failure(sessions: list[Session]) -> Iterator[None]:
+    """An exception out of training marks every session still running `interrupted` (Ctrl-C) or
+    `failed` (with the error) before it propagates, so each summary.json says how its run ended."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mark_running(sessions, "interrupted", "interrupted by the user")
+        raise
+    except Exception as error:
+        mark_running(sessions, "failed", f"{type(error).__name__}: {error}")
+        raise
+
+
+def mark_running(sessions: list[Session], status: str, error: str) -> None:
+    for session in sessions:
+        if session.summary.status == "running":
+            session.summary.update(status=status, error=error)
 
 
 def setup(cfg: DictConfig, run_dir: Path, plan: Plan | None, choices: dict[str, str], overrides: list[str],

@@ -28,7 +28,7 @@ from ablate.ensemble.step import Ensemble
 from ablate.preemption import StopRequest
 from ablate.rundir import Plan
 from ablate.runlock import hold
-from ablate.train import Session, finish, setup
+from ablate.train import Session, finish, recording_failure, setup
 
 
 @dataclass
@@ -83,15 +83,8 @@ def train_sessions(sessions: list[Session], progress: bool) -> None:
     """Train the set-up sessions together; every session's summary.json is written however this ends."""
     with StopRequest() as stop:
         try:
-            loop(sessions, stop, progress)
-        except KeyboardInterrupt:
-            for session in unfinished(sessions):
-                session.summary.update(status="interrupted", error="interrupted by the user")
-            raise
-        except Exception as error:
-            for session in unfinished(sessions):
-                session.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
-            raise
+            with recording_failure(sessions):
+                loop(sessions, stop, progress)
         finally:
             ended = time.perf_counter()  # every member trained until now (their samples follow one by one)
             for session in sessions:
@@ -99,10 +92,6 @@ def train_sessions(sessions: list[Session], progress: bool) -> None:
                 if session.bar is not None:
                     session.bar.close()
                 finish(session)
-
-
-def unfinished(sessions: list[Session]) -> list[Session]:
-    return [s for s in sessions if s.summary.status == "running"]
 
 
 def loop(sessions: list[Session], stop: StopRequest, progress: bool) -> None:
@@ -131,8 +120,9 @@ def loop(sessions: list[Session], stop: StopRequest, progress: bool) -> None:
                           f"({sessions[i].summary.error}); its weights are frozen there, the other members go on")
             active = [i for i in active if not (i in ends and ends[i].diverged)
                       and sessions[i].run.step < sessions[i].cfg.train.max_steps]
-            if min((sessions[i].run.step for i in active), default=max_steps) > bar.n:
-                bar.update(min((sessions[i].run.step for i in active), default=max_steps) - bar.n)
+            reached = min((sessions[i].run.step for i in active), default=max_steps)  # every member is here
+            if reached > bar.n:
+                bar.update(reached - bar.n)
                 losses = [ends[i].terms["ce"] for i in stepping if math.isfinite(ends[i].terms["ce"])]
                 bar.set_postfix(loss=f"{min(losses):.3f}-{max(losses):.3f}" if losses else "n/a",
                                 members=len(active), refresh=False)
