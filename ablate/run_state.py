@@ -6,7 +6,9 @@ bit-identical resume needs; `sample` the text written to samples.txt. ablate.tra
 """
 from __future__ import annotations
 
+import copy
 import math
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,9 +21,10 @@ from ablate.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint
 from ablate.config import typed
 from ablate.data import TokenizedCorpus
 from ablate.distributed import World
-from ablate.hardware import choose_precision
+from ablate.hardware import Workload, choose_precision
 from ablate.model import Transformer
 from components.losses import cross_entropy
+from components.registry import axes
 
 EVAL_SEED = 1234  # validation windows depend only on this, so every run of a sweep sees the same ones
 
@@ -38,6 +41,33 @@ def loss_terms(model: Transformer, objective, logits: torch.Tensor, targets: tor
     terms = objective(logits, targets)
     terms.update(model.auxiliary_losses())
     return terms
+
+
+def step_workload(cfg: DictConfig, model: Transformer, objective, vocab_size: int, micro_batch: int) -> Workload:
+    """A run's forward, loss and backward, for `train.dtype=auto`'s step probe (ablate.hardware): timed on a
+    copy of the model made at the first call (the run's weights, gradients and buffers stay untouched), on
+    fixed random tokens, under a forked RNG (the run's random streams stay where they were)."""
+    context = cfg.model.context_length
+    key = {"vocab": vocab_size, "micro_batch": micro_batch, "context": context,
+           "model": OmegaConf.to_container(cfg.model, resolve=True),
+           **{name: OmegaConf.to_container(cfg[name], resolve=True) for name in axes("model")}}
+    state: dict = {}
+
+    def time_step(dtype: torch.dtype | None) -> float:
+        with torch.random.fork_rng(devices=[]):
+            if not state:
+                state["model"] = copy.deepcopy(model).train()
+                tokens = torch.randint(vocab_size, (micro_batch, context + 1), generator=torch.Generator().manual_seed(0))
+                state["x"], state["y"] = tokens[:, :-1].to(next(model.parameters()).device), tokens[:, 1:]
+            probe = state["model"]
+            probe.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
+                terms = loss_terms(probe, objective, probe(state["x"]), state["y"].to(state["x"].device))
+            sum(terms.values()).backward()
+            return time.perf_counter() - started
+
+    return Workload(key, time_step)
 
 
 def add_terms(totals: dict[str, float], terms: dict[str, torch.Tensor], accum: int) -> None:
@@ -65,7 +95,9 @@ class Run:
         # the global torch RNG state a checkpoint records (an ensemble member records its own, not the process's)
         self.torch_rng = torch.get_rng_state
         # rank 0 decides (a probe on every rank would measure the others' load), every rank computes alike
-        self.precision = world.broadcast(choose_precision(cfg.train.dtype, device) if world.is_main else None)
+        micro_batch = cfg.train.batch_size // (cfg.train.grad_accum * world.size)
+        workload = step_workload(cfg, self.raw_model, self.objective, corpus.tokenizer.vocab_size, micro_batch)
+        self.precision = world.broadcast(choose_precision(cfg.train.dtype, device, workload) if world.is_main else None)
         amp = self.precision.autocast  # None: plain fp32
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,

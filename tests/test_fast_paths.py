@@ -48,7 +48,11 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path, monkeypa
     """bf16 autocast follows fp32's loss curve within BF16_LOSS_RTOL while weights and AdamW moments stay fp32;
     `auto` on a CPU whose probe measures bf16 fast trains exactly what `bf16` trains and says why."""
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))  # a fresh probe cache, filled by the stand-in
-    monkeypatch.setattr(hardware, "measure_matmuls", lambda: (115.0, 475.0))  # an AVX-512 BF16 core
+    monkeypatch.setattr(hardware, "measure_matmuls", lambda: (115.0, 475.0))  # an AVX-512 BF16 core ...
+    timed = []  # ... on which this model's step, timed on a copy of it, runs 2x as fast in bf16
+    monkeypatch.setattr(hardware, "measure_steps",
+                        lambda workload: (timed.append([workload.time_step(None), workload.time_step(torch.bfloat16)]),
+                                          (0.2, 0.1))[1])
     curves, summaries = {}, {}
     for dtype in ("fp32", "bf16", "auto"):
         cfg = compose(*TINY, "train.max_steps=16", "train.eval_interval=8", "train.log_interval=1",
@@ -62,8 +66,10 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path, monkeypa
         assert moments and all(t.dtype == torch.float32 for t in moments)
     assert [summaries[d]["dtype"] for d in curves] == ["fp32", "bf16", "bf16"]
     assert summaries["bf16"]["dtype_reason"] == "train.dtype=bf16 (set explicitly)"
-    assert summaries["auto"]["dtype_reason"].startswith("auto: bf16 matmul 4.1x fp32 on this CPU (probe ")
-    assert curves["auto"] == curves["bf16"]  # the same computation, bit for bit
+    assert summaries["auto"]["dtype_reason"].startswith("auto: bf16 since this model's forward+backward 2x as fast")
+    assert "bf16 matmul 4.1x fp32 on this CPU (probe " in summaries["auto"]["dtype_reason"]
+    assert len(timed) == 1 and all(t > 0 for t in timed[0])  # the run's own step, really run, once
+    assert curves["auto"] == curves["bf16"]  # the same computation, bit for bit (the probe left the run untouched)
     assert curves["bf16"] != curves["fp32"]  # autocast really ran in bf16 ...
     assert curves["bf16"] == pytest.approx(curves["fp32"], rel=BF16_LOSS_RTOL)  # ... and trains the same model
     assert summaries["bf16"]["final_val_loss"] == pytest.approx(summaries["fp32"]["final_val_loss"], rel=BF16_LOSS_RTOL)

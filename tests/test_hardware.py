@@ -1,5 +1,6 @@
-"""`train.dtype=auto` decides from measurement: the decision on several machines' probe figures, the probe's
-cache (verified before it is trusted, measured again when it is not), and CUDA's own rule."""
+"""`train.dtype=auto` decides from measurement: the decision on several machines' probe figures (the matmul
+probe, then the run's own step), the probes' caches (verified before they are trusted, measured again when they
+are not), and CUDA's own rule."""
 from __future__ import annotations
 
 import json
@@ -152,3 +153,113 @@ def test_the_real_probe_measures_both_dtypes_on_one_thread_and_restores_the_thre
         torch.set_num_threads(before)
     assert threads_seen and set(threads_seen) == {1} and len(threads_seen) % 2 == 0  # fp32 and bf16 alternate
     assert all(math.isfinite(v) and v > 0 for v in (fp32, bf16))
+
+
+# ------------------------------------------------------------------------------------------------
+# the step probe: the run's own forward+backward decides where the CPU has bf16 units
+@pytest.fixture
+def step_log(monkeypatch):
+    """Stands in for the step probe's timing: returns (fp32 s, bf16 s) from `seconds`, counts its calls."""
+    log = {"seconds": (0.100, 0.050), "calls": 0}
+
+    def fake_measure(workload):
+        log["calls"] += 1
+        return log["seconds"]
+
+    monkeypatch.setattr(hardware, "measure_steps", fake_measure)
+    return log
+
+
+def workload(**key) -> hardware.Workload:
+    return hardware.Workload({"d_model": 128, "micro_batch": 16, **key}, lambda dtype: 0.0)
+
+
+# (fp32 s, bf16 s) of a model's forward+backward, as seen on CPUs whose matmul probe finds bf16 units
+STEPS = {
+    "AMX Xeon, the nano model (measured 0.91x)": ((0.184, 0.203), "fp32"),
+    "AMX Xeon, a 12M-parameter model (measured 2.4x)": ((2.76, 1.14), "bf16"),
+    "a little faster, not by the margin": ((0.110, 0.100), "fp32"),
+    "exactly at the margin": ((0.115, 0.100), "bf16"),
+}
+
+
+@pytest.mark.parametrize("case", STEPS)
+def test_with_bf16_units_the_run_own_step_decides(probe_log, step_log, case):
+    """A fast bf16 matmul does not make a fast step (autocast's casts outweigh small matmuls): measured on an
+    AMX Xeon, the probe matmul 2.6x faster in bf16 and the `nano` step 0.91x; `auto` follows the step."""
+    seconds, expected = STEPS[case]
+    probe_log["figures"], step_log["seconds"] = (135.0, 351.0), seconds  # that Xeon's matmul probe: 2.6x
+    first = hardware.choose_precision("auto", torch.device("cpu"), workload())
+    assert first.name == expected and step_log["calls"] == 1 and probe_log["calls"] == 1
+    speedup = seconds[0] / seconds[1]
+    assert f"this model's forward+backward {speedup:.2g}x as fast in bf16" in first.reason
+    assert "bf16 matmul 2.6x fp32 on this CPU" in first.reason
+    assert (f"under the {hardware.STEP_MARGIN:g}x margin" in first.reason) == (expected == "fp32")
+    again = hardware.choose_precision("auto", torch.device("cpu"), workload())  # the next run of that model
+    assert again.name == expected and step_log["calls"] == 1 and "UTC, cached)" in again.reason
+
+
+def test_without_bf16_units_the_step_is_never_timed(probe_log, step_log):
+    """On a CPU that emulates bf16 (a bf16 step there takes tens of times longer) the matmul probe settles it."""
+    probe_log["figures"] = MACHINES["AVX2, bf16 emulated"][0]
+    precision = hardware.choose_precision("auto", torch.device("cpu"), workload())
+    assert precision.name == "fp32" and step_log["calls"] == 0
+
+
+def test_the_step_cache_is_per_architecture_batch_and_thread_count(probe_log, step_log):
+    hardware.choose_precision("auto", torch.device("cpu"), workload())
+    hardware.choose_precision("auto", torch.device("cpu"), workload(d_model=384))  # another model
+    assert step_log["calls"] == 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if before != 1 else 2)
+    try:
+        hardware.choose_precision("auto", torch.device("cpu"), workload())  # the first model at another thread count
+    finally:
+        torch.set_num_threads(before)
+    assert step_log["calls"] == 3
+    hardware.choose_precision("auto", torch.device("cpu"), workload(d_model=384))
+    assert step_log["calls"] == 3
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "a pickle", "truncated", "another machine", "NaN", "negative"])
+def test_a_corrupt_step_cache_file_is_measured_again_and_replaced(probe_log, step_log, capsys, damage):
+    identity = json.loads(json.dumps(hardware.step_identity(workload())))
+    path = hardware.step_probe_path(identity)
+    good = {"fp32_s": 0.1, "bf16_s": 0.05, "measured_at": "2026-01-01T00:00:00+00:00"}
+    files = {"not JSON": b"\x00\xffgarbage", "a pickle": pickle.dumps({"identity": identity, **good}),
+             "truncated": json.dumps({"identity": identity, **good}).encode()[:-7],
+             "another machine": json.dumps({"identity": {**identity, "threads": 99}, **good}).encode(),
+             "NaN": json.dumps({"identity": identity, **good, "bf16_s": math.nan}).encode(),
+             "negative": json.dumps({"identity": identity, **good, "fp32_s": -1.0}).encode()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(files[damage])
+    step_log["seconds"] = (0.1, 0.2)  # differs from the file's figures: the decision must come from these
+    precision = hardware.choose_precision("auto", torch.device("cpu"), workload())
+    assert step_log["calls"] == 1 and precision.name == "fp32" and "measured now" in precision.reason
+    assert "not a valid step probe" in capsys.readouterr().err
+    assert hardware.read_figures(path, identity, hardware.STEP_FIELDS)[:2] == (0.1, 0.2)
+
+
+def test_the_real_step_probe_times_both_dtypes_and_leaves_the_run_untouched():
+    """The run's weights, gradients and random streams are the same after the probe as before: a run whose
+    decision was measured trains exactly as one whose decision came from the cache."""
+    from ablate.config import typed
+    from ablate.model import Transformer
+    from ablate.run_state import step_workload
+    from tests.conftest import compose
+
+    cfg = compose("model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16")
+    model = Transformer(typed(cfg), 64)
+    objective = typed(cfg).z_loss.build()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    seen = []
+    load = step_workload(cfg, model, objective, 64, micro_batch=4)
+    timed = hardware.Workload(load.key, lambda dtype: (seen.append(dtype), load.time_step(dtype))[1])
+    fp32_s, bf16_s = hardware.measure_steps(timed)
+    assert all(math.isfinite(v) and v > 0 for v in (fp32_s, bf16_s))
+    assert seen[:2] == [None, torch.bfloat16] and len(seen) % 2 == 0 and 4 <= len(seen) <= 2 * (1 + hardware.STEP_ROUNDS)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert load.key["micro_batch"] == 4 and load.key["model"]["d_model"] == 32 and "ffn" in load.key
