@@ -310,15 +310,52 @@ AUTO_RULES: dict[str, Callable[[torch.device, Workload | None], Precision]] = {
 }
 
 
-def choose_precision(dtype: str, device: torch.device, workload: Workload | None = None) -> Precision:
+def choose_precision(dtype: str, device: torch.device, workload: Workload | None = None,
+                     sweep_dir: Path | None = None) -> Precision:
     """`train.dtype` made concrete: `fp32` and `bf16` as set; `auto` by the device's rule in AUTO_RULES, which on
-    a CPU times `workload` (the run's own step) where the matmul probe finds bf16 units."""
+    a CPU times `workload` (the run's own step) where the matmul probe finds bf16 units. In a sweep
+    (`sweep_dir`), `auto` is decided once for all its jobs (`shared_precision`)."""
     if dtype != "auto":
         return Precision(dtype, f"train.dtype={dtype} (set explicitly)")
     rule = AUTO_RULES.get(device.type)
     if rule is None:
         return Precision("fp32", f"auto: fp32 on {device.type} (bf16 is picked on CUDA and CPUs that measure it fast)")
+    if sweep_dir is not None:
+        return shared_precision(sweep_dir / SWEEP_PRECISION, lambda: rule(device, workload))
     return rule(device, workload)
+
+
+SWEEP_PRECISION = "precision.json"  # in a sweep's directory: the dtype every `auto` job of the sweep computes in
+
+
+def shared_precision(path: Path, decide: Callable[[], Precision]) -> Precision:
+    """One `auto` decision for every job of a sweep, so compared variants never differ in precision: the step
+    probe times each variant's own model, and a bf16 run set against an fp32 one would measure the dtype as
+    much as the design choice. The sweep's first job decides and writes `path` (created exclusively, so
+    parallel jobs agree); every later job, also one resumed, reads it back, verified. A file that cannot be
+    read is reported and decided afresh (not trusted, not replaced)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("name") in ("fp32", "bf16") and isinstance(record.get("reason"), str):
+            return Precision(record["name"], f"auto: as every job of this sweep ({path}): {record['reason']}")
+        print(f"ablate: {path} is not a precision record; this job decides for itself", file=sys.stderr)
+        return decide()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        print(f"ablate: {path} cannot be read as a precision record; this job decides for itself", file=sys.stderr)
+        return decide()
+    precision = decide()
+    record = json.dumps({"name": precision.name, "reason": precision.reason}, indent=1).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "xb") as handle:  # the first job to finish deciding wins ...
+            handle.write(record)
+    except FileExistsError:  # ... and a job that decided at the same time takes its decision
+        return shared_precision(path, decide)
+    except OSError as error:
+        print(f"ablate: could not record the sweep's precision in {path} ({error})", file=sys.stderr)
+    return precision
 
 
 def process_age_s() -> float:

@@ -80,7 +80,7 @@ class Run:
     """State of one training run; `train` drives it."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, corpus: TokenizedCorpus, device: torch.device,
-                 world: World = World()):
+                 world: World = World(), sweep_dir: Path | None = None):
         self.cfg, self.run_dir, self.corpus, self.device, self.world = cfg, run_dir, corpus, device, world
         self.options = options = typed(cfg)
         self.model = self.raw_model = Transformer(options, corpus.tokenizer.vocab_size).to(device)
@@ -97,7 +97,7 @@ class Run:
         # rank 0 decides (a probe on every rank would measure the others' load), every rank computes alike
         micro_batch = cfg.train.batch_size // (cfg.train.grad_accum * world.size)
         workload = step_workload(cfg, self.raw_model, self.objective, corpus.tokenizer.vocab_size, micro_batch)
-        self.precision = world.broadcast(choose_precision(cfg.train.dtype, device, workload) if world.is_main else None)
+        self.precision = world.broadcast(choose_precision(cfg.train.dtype, device, workload, sweep_dir) if world.is_main else None)
         amp = self.precision.autocast  # None: plain fp32
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,

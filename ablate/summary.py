@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
@@ -72,6 +72,9 @@ class RunSummary:
 
 
 FIELDS = [f.name for f in dataclasses.fields(RunSummary)]
+# the fields that hold numbers (int or float, not bool): what a table of runs reads as numeric columns
+NUMERIC_FIELDS = [name for name, hint in get_type_hints(RunSummary).items()
+                  if hint in (int, float, Optional[int], Optional[float])]
 
 
 def git_state(root: Path = ROOT) -> tuple[Optional[str], Optional[bool]]:

@@ -155,7 +155,8 @@ def train(cfg: DictConfig, run_dir: Path, *, choices: dict[str, str] | None = No
     """Train one model as `cfg` says, writing the run's files into `run_dir`; returns the summary.
 
     `plan`: the run directory's plan when the caller (ablate.job) already validated `cfg` and planned
-    the directory before writing .hydra/; without one, `train` does both itself."""
+    the directory before writing .hydra/; without one, `train` does both itself. `group`: the W&B group;
+    for a job of a sweep, the sweep's directory, where its jobs record their one shared `auto` precision."""
     job_started = feedback.take_job_start()
     session = setup(cfg, Path(run_dir), plan, choices or {}, overrides or [], group, progress, job_started)
     if isinstance(session, dict):  # the directory already holds this finished run
@@ -217,7 +218,9 @@ def setup(cfg: DictConfig, run_dir: Path, plan: Plan | None, choices: dict[str, 
     data_prep_s = time.perf_counter() - started
     if world.is_main:
         corpus.tokenizer.save(run_dir / "tokenizer.json")  # the run dir is self-contained for load_run
-    run = Run(cfg, run_dir, corpus, device, world)
+    # a sweep's jobs (group = its directory) share one `auto` precision: variants compared in one dtype
+    sweep_dir = Path(group) if group is not None and Path(group).is_dir() else None
+    run = Run(cfg, run_dir, corpus, device, world, sweep_dir)
     if plan.action == "resume":
         run.load_checkpoint()
         print(f"resumed from {run.checkpoint_path} at step {run.step}" + "".join(f"; {n}" for n in plan.notes))

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from ablate.summary import FIELDS as RUN_SUMMARY_FIELDS
+from ablate.summary import NUMERIC_FIELDS
 
 # libyaml's loader when present: a report of hundreds of runs parses their configs ~10x faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -137,8 +138,8 @@ def _config_value(config: Any, key: str) -> str | None:
 def _choices_from_config(config: Any) -> dict[str, str]:
     if not isinstance(config, dict):
         return {}
-    return {str(group): str(node["name"]) for group, node in config.items()
-            if isinstance(node, dict) and "name" in node}
+    return {str(group): str(node["name"]) for group, node in config.items()  # (`ladder: {name: null}`: none)
+            if isinstance(node, dict) and node.get("name") is not None}
 
 
 def _is_num(x: Any) -> bool:
@@ -235,7 +236,7 @@ def load_results(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:
                "overrides"]
     columns += [c for c in dict.fromkeys(c for r in rows for c in r) if c not in columns]
     df = pd.DataFrame(rows, columns=columns)
-    for col in SUMMARY_FIELDS[2:]:
+    for col in NUMERIC_FIELDS:  # (text fields such as dtype, device and git_commit stay text)
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["status"] = df["status"].fillna("unknown").astype(str)
     df.insert(2, "did_not_learn", did_not_learn(df))

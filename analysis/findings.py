@@ -124,6 +124,11 @@ def held_fixed(f: Findings) -> str:
     if unigram:
         text += (f"; the unigram baseline (token frequencies alone) scores {unigram} nats, and a run "
                  f"within 2 % of it is marked *did not learn*")
+    dtypes = runs["dtype"].dropna().unique() if "dtype" in runs else []
+    if len(dtypes) > 1:  # a sweep's jobs share one dtype; runs of several sweeps or machines may not
+        text += (f". **Precision differs between these runs** ({', '.join(sorted(map(str, dtypes)))}): a gap "
+                 f"between variants may come from the dtype as much as from the choice; for a clean comparison "
+                 f"run them all with one `train.dtype`")
     return text + "."
 
 

@@ -263,3 +263,62 @@ def test_the_real_step_probe_times_both_dtypes_and_leaves_the_run_untouched():
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert load.key["micro_batch"] == 4 and load.key["model"]["d_model"] == 32 and "ffn" in load.key
+
+
+# ------------------------------------------------------------------------------------------------
+# one `auto` precision per sweep
+def test_a_sweep_decides_once_and_every_later_job_takes_that_decision(tmp_path):
+    decisions = iter([hardware.Precision("bf16", "auto: bf16 since ... 2x"), hardware.Precision("fp32", "auto: fp32")])
+    calls = []
+
+    def decide():
+        calls.append(1)
+        return next(decisions)
+
+    first = hardware.shared_precision(tmp_path / hardware.SWEEP_PRECISION, decide)
+    later = hardware.shared_precision(tmp_path / hardware.SWEEP_PRECISION, decide)  # another variant's job
+    assert first.name == later.name == "bf16" and len(calls) == 1
+    assert later.reason == f"auto: as every job of this sweep ({tmp_path / hardware.SWEEP_PRECISION}): " + first.reason
+
+
+def test_a_job_that_decided_at_the_same_time_takes_the_first_decision(tmp_path):
+    path = tmp_path / hardware.SWEEP_PRECISION
+
+    def decide_while_another_job_writes():
+        path.write_text(json.dumps({"name": "fp32", "reason": "auto: fp32 (the other job)"}))
+        return hardware.Precision("bf16", "auto: bf16 (this job)")
+
+    precision = hardware.shared_precision(path, decide_while_another_job_writes)
+    assert precision.name == "fp32" and precision.reason.endswith("auto: fp32 (the other job)")
+    assert json.loads(path.read_text())["name"] == "fp32"
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff", b'{"name": "fp16", "reason": "x"}', b"[1, 2]", b'{"name": "bf16"}'])
+def test_an_unreadable_sweep_precision_is_not_trusted_nor_replaced(tmp_path, capsys, content):
+    path = tmp_path / hardware.SWEEP_PRECISION
+    path.write_bytes(content)
+    precision = hardware.shared_precision(path, lambda: hardware.Precision("fp32", "auto: fp32 (decided)"))
+    assert precision.reason == "auto: fp32 (decided)" and path.read_bytes() == content
+    assert "this job decides for itself" in capsys.readouterr().err
+
+
+def test_variants_of_one_sweep_train_in_one_dtype_although_their_steps_measure_differently(
+        probe_log, monkeypatch, tmp_path):
+    """The step probe times each variant's own model; in a sweep the first job's decision holds for all, so a
+    comparison never sets a bf16 run against an fp32 one. Outside a sweep each run decides for itself."""
+    from ablate.train import train
+    from tests.conftest import TINY, compose
+
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
+    probe_log["figures"] = (135.0, 351.0)  # bf16 units: the step decides
+    monkeypatch.setattr(hardware, "measure_steps",  # gelu's step gains from bf16 here, swiglu's does not
+                        lambda workload: (0.2, 0.1) if workload.key["ffn"]["name"] == "gelu" else (0.2, 0.25))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    dtypes = {}
+    for ffn in ("gelu", "swiglu"):
+        cfg = compose(*TINY, f"ffn={ffn}", "train.dtype=auto", "train.max_steps=2", "train.sample_tokens=0")
+        dtypes[ffn] = train(cfg, sweep / ffn, group=str(sweep), progress=False)["dtype"]
+        dtypes[f"{ffn} alone"] = train(cfg, tmp_path / f"alone-{ffn}", progress=False)["dtype"]
+    assert dtypes == {"gelu": "bf16", "swiglu": "bf16", "gelu alone": "bf16", "swiglu alone": "fp32"}
+    assert json.loads((sweep / hardware.SWEEP_PRECISION).read_text())["name"] == "bf16"

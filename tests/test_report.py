@@ -454,3 +454,30 @@ def test_analysis_never_imports_torch_or_training_code(sweep: Path) -> None:
     assert done.returncode == 0, done.stderr
     # only the torch-free pieces both sides share: the summary record and atomic file writes
     assert done.stdout.strip() == "['ablate', 'ablate.files', 'ablate.summary']"
+
+
+def test_runs_in_different_precisions_are_said_to_be_so(tmp_path: Path) -> None:
+    """A sweep's jobs share one `auto` precision; runs gathered from several sweeps or machines may not, and
+    the opening paragraph says so where they differ (and only there)."""
+    for name, dtypes in (("mixed", {"rms": "fp32", "ln": "bf16"}), ("same", {"rms": "fp32", "ln": "fp32"})):
+        for i, (norm, losses) in enumerate((("rms", RMS), ("ln", LN))):
+            for seed, loss in enumerate(losses):
+                run = tmp_path / name / f"{i}{seed}"
+                make_run(run, {"norm": norm, "train.seed": str(seed)}, loss)
+                summary = json.loads((run / "summary.json").read_text())
+                (run / "summary.json").write_text(json.dumps({**summary, "dtype": dtypes[norm]}))
+    mixed = (build_report(tmp_path / "mixed") / "report.md").read_text().split("\n\n")[1]
+    same = (build_report(tmp_path / "same") / "report.md").read_text().split("\n\n")[1]
+    assert "**Precision differs between these runs** (bf16, fp32)" in mixed
+    assert "Precision differs" not in same and "dtype fp32" in same
+
+
+def test_a_group_chosen_by_nothing_is_no_choice(tmp_path: Path) -> None:
+    """`ladder: {name: null}` in a run's config (no `+ladder=`) is not a ladder called "None"."""
+    run = tmp_path / "s" / "0"
+    make_run(run, {"norm": "rms"}, 3.0)
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "ladder:\n  name: null\n  rung: 0\n")
+    df = load_results(tmp_path / "s")
+    assert "choice.ladder" not in df and df.loc[0, "choice.norm"] == "rms"
+    assert "ladder `" not in (build_report(tmp_path / "s") / "report.md").read_text()
