@@ -347,14 +347,16 @@ def shared_precision(path: Path, decide: Callable[[], Precision]) -> Precision:
         return decide()
     precision = decide()
     record = json.dumps({"name": precision.name, "reason": precision.reason}, indent=1).encode()
+    draft = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "xb") as handle:  # the first job to finish deciding wins ...
-            handle.write(record)
+        draft.write_bytes(record)
+        os.link(draft, path)  # whole or not at all, and only if absent: the first job to finish deciding wins ...
     except FileExistsError:  # ... and a job that decided at the same time takes its decision
         return shared_precision(path, decide)
     except OSError as error:
         print(f"ablate: could not record the sweep's precision in {path} ({error})", file=sys.stderr)
+    finally:
+        draft.unlink(missing_ok=True)
     return precision
 
 
