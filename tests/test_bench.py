@@ -136,7 +136,11 @@ def test_components_lists_every_option_of_every_axis(tmp_path):
     rows = json.loads(path.read_text())["components"]
     assert rows == json.loads(json.dumps(result["components"]))
     listed = {(r["axis"], r["option"]) for r in rows}
-    assert listed == {(a, o) for a in [*axes("model"), "optim"] for o in options(a)}
+    knobbed = {(a, f"{o}, {k}={v}") for a in [*axes("model"), "optim"] for o in options(a)
+               for k, v in bench_sections.knob_settings(a, o)}
+    assert listed == {(a, o) for a in [*axes("model"), "optim"] for o in options(a)} | knobbed
+    # the settings of issue #15 that are knobs of an option, not options, have their own rows
+    assert {("qk_norm", "on, scope=full"), ("moe", "topk, balance=bias")} <= knobbed
     for axis in [*axes("model"), "optim"]:
         assert sum(r["default"] for r in rows if r["axis"] == axis) == 1
     default_tps = next(r for r in rows if r["default"])["tokens_per_s"]

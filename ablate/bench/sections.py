@@ -11,6 +11,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from omegaconf import OmegaConf
+
 from ablate.bench.configs import SHAPES, Shape, preset_config, with_option
 from ablate.bench.core import DATA_OVERRIDES, MIB, SEED, make_batches, make_candidate, run_interleaved
 from ablate.bench.machine import synchronize
@@ -22,6 +24,18 @@ def axis_options(axis: str) -> list[str]:
     from components.registry import options
 
     return options(axis)
+
+
+def knob_settings(axis: str, option: str) -> list[tuple[str, object]]:
+    """(knob, value) for every non-default value of each of the option's knobs that declare their choices
+    (e.g. `qk_norm.scope=full`, `moe.balance=bias`): settings that change what is computed, read off the
+    option's typed config, so a new one is benchmarked the day it is declared."""
+    import dataclasses
+
+    from components.registry import config_of
+
+    return [(f.name, value) for f in dataclasses.fields(config_of(axis, option))
+            for value in (f.metadata.get("choices") or ()) if value != f.default]
 
 
 def component_axes() -> list[str]:
@@ -41,21 +55,28 @@ def bench_components(args, device, notes) -> list[dict]:
     default_cfg = preset_config(None, shape)
     default = make_candidate("default", "option", shape_name, shape, dtype, device, cfg=default_cfg)
     candidates, rows = [default], []
-    for axis in component_axes():
-        for option in axis_options(axis):
-            row = {"axis": axis, "option": option, "default": option == default_cfg[axis].name, "status": "ok"}
-            if row["default"]:
-                row["candidate"] = default
-            else:
-                try:
-                    row["candidate"] = make_candidate(f"{axis}={option}", "option", shape_name, shape, dtype, device,
-                                                      cfg=with_option(default_cfg, axis, option))
-                    candidates.append(row["candidate"])
-                except ConfigError as error:
-                    row.update(status="refused", error=str(error))
-                except Exception as error:  # a broken option is reported, not fatal for the table
-                    row.update(status="error", error=f"{type(error).__name__}: {error}")
-            rows.append(row)
+    settings = [(axis, option, None) for axis in component_axes() for option in axis_options(axis)]
+    settings = [(axis, option, knob) for axis, option, _ in settings
+                for knob in [None, *knob_settings(axis, option)]]
+    for axis, option, knob in settings:
+        label = option if knob is None else f"{option}, {knob[0]}={knob[1]}"
+        row = {"axis": axis, "option": label, "default": knob is None and option == default_cfg[axis].name,
+               "status": "ok"}
+        if row["default"]:
+            row["candidate"] = default
+        else:
+            try:
+                cfg = with_option(default_cfg, axis, option)
+                if knob is not None:
+                    OmegaConf.update(cfg, f"{axis}.{knob[0]}", knob[1], merge=False)
+                row["candidate"] = make_candidate(f"{axis}={label}", "option", shape_name, shape, dtype, device,
+                                                  cfg=cfg)
+                candidates.append(row["candidate"])
+            except ConfigError as error:
+                row.update(status="refused", error=str(error))
+            except Exception as error:  # a broken option is reported, not fatal for the table
+                row.update(status="error", error=f"{type(error).__name__}: {error}")
+        rows.append(row)
     batches = make_batches(shape, max(args.warmup + args.steps, 2), device)
     run_interleaved(candidates, batches, args.warmup, args.steps, args.memory,
                     make_batches(shape, 1, device, seed=SEED + 1)[0])
