@@ -57,7 +57,8 @@ def step_workload(cfg: DictConfig, model: Transformer, objective, vocab_size: in
         with torch.random.fork_rng(devices=[]):
             if not state:
                 state["model"] = copy.deepcopy(model).train()
-                tokens = torch.randint(vocab_size, (micro_batch, context + 1), generator=torch.Generator().manual_seed(0))
+                tokens = torch.randint(vocab_size, (micro_batch, context + 1),
+                                       generator=torch.Generator().manual_seed(0))
                 state["x"], state["y"] = tokens[:, :-1].to(next(model.parameters()).device), tokens[:, 1:]
             probe = state["model"]
             probe.zero_grad(set_to_none=True)
@@ -97,7 +98,8 @@ class Run:
         # rank 0 decides (a probe on every rank would measure the others' load), every rank computes alike
         micro_batch = cfg.train.batch_size // (cfg.train.grad_accum * world.size)
         workload = step_workload(cfg, self.raw_model, self.objective, corpus.tokenizer.vocab_size, micro_batch)
-        self.precision = world.broadcast(choose_precision(cfg.train.dtype, device, workload, sweep_dir) if world.is_main else None)
+        self.precision = world.broadcast(
+            choose_precision(cfg.train.dtype, device, workload, sweep_dir) if world.is_main else None)
         amp = self.precision.autocast  # None: plain fp32
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,

@@ -258,7 +258,8 @@ def test_the_real_step_probe_times_both_dtypes_and_leaves_the_run_untouched():
     timed = hardware.Workload(load.key, lambda dtype: (seen.append(dtype), load.time_step(dtype))[1])
     fp32_s, bf16_s = hardware.measure_steps(timed)
     assert all(math.isfinite(v) and v > 0 for v in (fp32_s, bf16_s))
-    assert seen[:2] == [None, torch.bfloat16] and len(seen) % 2 == 0 and 4 <= len(seen) <= 2 * (1 + hardware.STEP_ROUNDS)
+    assert seen[:2] == [None, torch.bfloat16] and len(seen) % 2 == 0
+    assert 4 <= len(seen) <= 2 * (1 + hardware.STEP_ROUNDS)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
