@@ -73,9 +73,12 @@ class MatmulProbe:
         return self.bf16_gflops / self.fp32_gflops
 
     def describe(self) -> str:
-        when = self.measured_at[:16].replace("T", " ")
-        source = "cached" if self.cached else "measured now"
-        return f"bf16 matmul {self.speedup:.2g}x fp32 on this CPU (probe {when} UTC, {source})"
+        return f"bf16 matmul {self.speedup:.2g}x fp32 on this CPU ({provenance(self.measured_at, self.cached)})"
+
+
+def provenance(measured_at: str, cached: bool) -> str:
+    """When a probe's figures were measured, and whether this process read them back from the cache."""
+    return f"probe {measured_at[:16].replace('T', ' ')} UTC, {'cached' if cached else 'measured now'}"
 
 
 def cpu_identity() -> dict:
@@ -190,7 +193,7 @@ def cpu_matmul_probe() -> MatmulProbe:
     """This CPU's matmul probe figures: from the cache when it holds a verified record, else measured (and cached)."""
     identity = cpu_identity()
     fp32, bf16, measured_at, cached = cached_figures(probe_path(identity), identity, MATMUL_FIELDS, "matmul probe",
-                                                     lambda: measure_matmuls())
+                                                     lambda: measure_matmuls())  # (looked up at call time)
     return MatmulProbe(fp32, bf16, measured_at, cached)
 
 
@@ -220,10 +223,8 @@ class StepProbe:
         return self.fp32_s / self.bf16_s
 
     def describe(self) -> str:
-        when = self.measured_at[:16].replace("T", " ")
-        source = "cached" if self.cached else "measured now"
-        return (f"this model's forward+backward {self.speedup:.2g}x as fast in bf16 "
-                f"({milliseconds(self.fp32_s)} fp32, {milliseconds(self.bf16_s)} bf16; probe {when} UTC, {source})")
+        return (f"this model's forward+backward {self.speedup:.2g}x as fast in bf16 ({milliseconds(self.fp32_s)} "
+                f"fp32, {milliseconds(self.bf16_s)} bf16; {provenance(self.measured_at, self.cached)})")
 
 
 def milliseconds(seconds: float) -> str:

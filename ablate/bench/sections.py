@@ -10,7 +10,6 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-
 from omegaconf import OmegaConf
 
 from ablate.bench.configs import SHAPES, Shape, preset_config, with_option
@@ -55,9 +54,8 @@ def bench_components(args, device, notes) -> list[dict]:
     default_cfg = preset_config(None, shape)
     default = make_candidate("default", "option", shape_name, shape, dtype, device, cfg=default_cfg)
     candidates, rows = [default], []
-    settings = [(axis, option, None) for axis in component_axes() for option in axis_options(axis)]
-    settings = [(axis, option, knob) for axis, option, _ in settings
-                for knob in [None, *knob_settings(axis, option)]]
+    settings = [(axis, option, knob) for axis in component_axes() for option in axis_options(axis)
+                for knob in [None, *knob_settings(axis, option)]]  # the option as it comes, then each knob value
     for axis, option, knob in settings:
         label = option if knob is None else f"{option}, {knob[0]}={knob[1]}"
         row = {"axis": axis, "option": label, "default": knob is None and option == default_cfg[axis].name,
