@@ -127,13 +127,17 @@ def sweep_losses(sweep: Path, job: str) -> list[tuple]:
     return [(r["step"], r["train_loss"], r.get("val_loss")) for r in rows(sweep / job)]
 
 
-def test_the_launcher_trains_a_group_together_with_the_files_and_losses_of_the_basic_launcher(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_launcher_trains_a_group_together_with_the_files_and_losses_of_the_basic_launcher(tmp_path, processes):
+    """In the launcher's process, and (n_jobs=2) the two ensembles side by side in processes of their own."""
     (tmp_path / "basic").mkdir(), (tmp_path / "batched").mkdir()
     basic = ablate(*SWEEP, "hydra/launcher=basic", "norm=rms,ln", cwd=tmp_path / "basic")
     assert basic.returncode == 0, basic.stderr[-3000:]
-    batched = ablate(*SWEEP, "hydra/launcher=batched", "norm=rms,ln", cwd=tmp_path / "batched")
+    batched = ablate(*SWEEP, "hydra/launcher=batched", f"hydra.launcher.n_jobs={processes}", "norm=rms,ln",
+                     cwd=tmp_path / "batched")
     assert batched.returncode == 0, batched.stderr[-3000:]
     assert batched.stdout.count("together as one batched ensemble") == 2  # one ensemble per norm, 2 seeds each
+    assert f"as 2 batched ensemble(s) and 0 job(s) alone, {processes} process(es) at a time" in batched.stdout
     for job in ("0", "1", "2", "3"):
         a, b = tmp_path / "basic" / "sweep" / job, tmp_path / "batched" / "sweep" / job
         assert files(b) == files(a) and ".hydra/overrides.yaml" in files(b), job
@@ -204,6 +208,54 @@ def test_sigterm_checkpoints_every_member_and_the_same_command_resumes_the_group
     for job in ("0", "1"):
         assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
         assert sweep_losses(sweep, job) == sweep_losses(straight, job)  # bit for bit across the interruption
+
+
+def test_a_stop_request_to_the_launcher_reaches_every_process_and_the_rest_never_start(tmp_path):
+    """n_jobs=2 over 4 one-member ensembles: SIGTERM to the launcher alone (as `kill PID` sends it) checkpoints
+    both running units, the other two never start, exit 130; the same command finishes all four, each
+    bit for bit as a sweep never stopped."""
+    command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", "hydra/launcher=batched",
+               "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=1", "norm=rms,ln", "train.seed=0,1", *TINY,
+               "train.max_steps=200", "train.eval_interval=50", "train.log_interval=1", "train.threads=1"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    sweep = tmp_path / "stopped"
+    process = subprocess.Popen([*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not all((sweep / job / "metrics.jsonl").exists()
+                                             and len((sweep / job / "metrics.jsonl").read_text().splitlines()) >= 25
+                                             for job in ("0", "1")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "2 process(es) at a time" in out
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+        state = torch.load(sweep / job / "checkpoints" / "latest.pt", weights_only=True)
+        assert state["step"] == summary["steps"] and 24 <= state["step"] < 200
+    assert not (sweep / "2").exists() and not (sweep / "3").exists()
+    resumed = subprocess.run([*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("resumed from") == 2
+    straight = tmp_path / "straight"
+    subprocess.run([*command, f"hydra.sweep.dir={straight}"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=300)
+    for job in ("0", "1", "2", "3"):
+        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
+        assert sweep_losses(sweep, job) == sweep_losses(straight, job)  # bit for bit across the interruption
+
+
+def test_processes_never_outnumber_units_or_cores_and_the_largest_units_go_first():
+    from hydra_plugins.ablate_batched_launcher.processes import Unit, schedule, worker_count
+
+    assert worker_count(2, units=5, cores=2) == 2 and worker_count(4, units=3, cores=8) == 3
+    assert worker_count(1, units=5, cores=8) == 1 and worker_count(-1, units=10, cores=4) == 4
+    assert worker_count(None, units=10, cores=6) == 6 and worker_count(0, units=3, cores=2) == 1
+    units = [Unit([0], False), Unit([1, 2, 3], True), Unit([4, 5], True), Unit([6], False)]
+    assert [u.positions for u in schedule(units)] == [[1, 2, 3], [4, 5], [0], [6]]
 
 
 @pytest.mark.parametrize("options", [

@@ -213,8 +213,10 @@ def test_smoke_ladder_through_the_cli_writes_every_file(tmp_path):
     done = subprocess.run(
         [sys.executable, "ablate/run.py", "-m", "+ladder=smoke", "ffn=swiglu,gelu", "data=text",
          f"data.path={POEMS}", "tokenizer.vocab_size=400", "logger=none", "train.dtype=fp32", "train.threads=1",
-         f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True)
+         "hydra/launcher=batched", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True)  # (the 6 rung-variant ensembles 2 at a time: the 2 cores)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "as 6 batched ensemble(s) and 0 job(s) alone, 2 process(es) at a time" in done.stdout
     report = sweep / "report"
     for name in ("results.csv", "comparisons.csv", "scaling.csv", "multipliers.csv", "transfer.csv", "report.md",
                  "index.html", "scaling.png", "loss_curves.png"):

@@ -5,6 +5,8 @@ launcher and dtype, side by side, with the wall time a user waits for and whethe
     basic   auto   the same, with train.dtype=auto (bf16 autocast where the machine measures it faster)
     batched fp32   hydra/launcher=batched: each group of seeds (and tuned values) as one batched ensemble
     batched auto   both
+    batched n_jobs=T              fp32   (with --threads T >= 2) the ensembles side by side, T processes of 1 thread
+    batched n_jobs=T max_members=1 fp32  every job alone, T at a time in processes of 1 thread
 
 Every variant is `python ablate/run.py -m GRID` in a fresh process (start-up, data, the sweep's report
 included); the variants take turns, `--repeats` rounds with the order rotated each round, and the median
@@ -31,6 +33,22 @@ from ablate.bench.configs import ROOT
 RUN = [sys.executable, str(ROOT / "ablate" / "run.py")]
 VARIANTS = [("basic", "fp32"), ("basic", "auto"), ("batched", "fp32"), ("batched", "auto")]
 DEFAULT_GRID = ["norm=rms,ln", "train.seed=0,1,2"]
+
+
+def variants(threads: int) -> list[tuple[str, str]]:
+    """The launchers and dtypes compared; with 2 or more threads also the batched launcher's processes: its
+    ensembles side by side, and every job alone (max_members=1), `threads` processes of 1 thread each."""
+    parallel = [f"batched n_jobs={threads}", f"batched n_jobs={threads} max_members=1"]
+    return VARIANTS + ([(launcher, "fp32") for launcher in parallel] if threads > 1 else [])
+
+
+def launcher_overrides(launcher: str, threads: int) -> list[str]:
+    """A variant's command-line settings: `NAME [KEY=VALUE ...]` is hydra/launcher=NAME with hydra.launcher.KEY
+    set, and the threads of each job (processes share the threads that one job of the others has)."""
+    name, *settings = launcher.split()
+    processes = max([int(value) for key, value in (s.split("=") for s in settings) if key == "n_jobs"] or [1])
+    return [f"hydra/launcher={name}", *(f"hydra.launcher.{s}" for s in settings),
+            f"train.threads={max(1, threads // processes)}"]
 
 
 def run_sweep(overrides: list[str], sweep_dir: Path, env: dict[str, str]) -> float:
@@ -70,23 +88,29 @@ def bench_sweep(args, notes: list[str]) -> dict[str, Any]:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     grid = args.sweep_grid or DEFAULT_GRID
     common = [*grid, f"train.max_steps={args.sweep_steps}",
-              f"train.eval_interval={max(1, args.sweep_steps // 2)}", "logger=none",
-              f"train.threads={args.threads}", *args.run_overrides]
-    walls: dict[tuple[str, str], list[float]] = {v: [] for v in VARIANTS}
+              f"train.eval_interval={max(1, args.sweep_steps // 2)}", "logger=none", *args.run_overrides]
+    compared = variants(args.threads)
+    walls: dict[tuple[str, str], list[float]] = {v: [] for v in compared}
+
+    def sweep_dir(tmp: str, variant: tuple[str, str], round_: int) -> Path:
+        return Path(tmp) / f"{compared.index(variant)}-{round_}"
+
     with tempfile.TemporaryDirectory(prefix="ablate-sweep-bench-") as tmp:
-        # data and tokenizer caches, and the bf16 probe's cached answer, before anything is timed
-        run_sweep([*grid[:1], *common[len(grid):], "train.max_steps=1", "train.dtype=auto"], Path(tmp) / "warm", env)
+        # data and tokenizer caches, and the bf16 probe's cached answer (at each thread count), before timing
+        for threads in sorted({1, args.threads} if len(compared) > len(VARIANTS) else {args.threads}):
+            run_sweep([*grid[:1], *common[len(grid):], "train.max_steps=1", "train.dtype=auto",
+                       f"train.threads={threads}"], Path(tmp) / f"warm-{threads}", env)
         for round_ in range(args.repeats):
-            order = VARIANTS[round_ % len(VARIANTS):] + VARIANTS[:round_ % len(VARIANTS)]
+            order = compared[round_ % len(compared):] + compared[:round_ % len(compared)]
             for launcher, dtype in order:
-                sweep_dir = Path(tmp) / f"{launcher}-{dtype}-{round_}"
                 walls[(launcher, dtype)].append(run_sweep(
-                    [*common, f"hydra/launcher={launcher}", f"train.dtype={dtype}"], sweep_dir, env))
-        results = {v: jobs_of(Path(tmp) / f"{v[0]}-{v[1]}-0") for v in VARIANTS}
-        verdicts = {v: verdicts_of(Path(tmp) / f"{v[0]}-{v[1]}-0") for v in VARIANTS}
+                    [*common, *launcher_overrides(launcher, args.threads), f"train.dtype={dtype}"],
+                    sweep_dir(tmp, (launcher, dtype), round_), env))
+        results = {v: jobs_of(sweep_dir(tmp, v, 0)) for v in compared}
+        verdicts = {v: verdicts_of(sweep_dir(tmp, v, 0)) for v in compared}
     reference = walls[("basic", "fp32")]
     rows = []
-    for launcher, dtype in VARIANTS:
+    for launcher, dtype in compared:
         jobs, same_dtype = results[(launcher, dtype)], results[("basic", dtype)]
         fp32 = results[("basic", "fp32")]
         rows.append({
@@ -102,8 +126,12 @@ def bench_sweep(args, notes: list[str]) -> dict[str, Any]:
             "verdicts_match": verdicts[(launcher, dtype)] == verdicts[("basic", "fp32")],
             "verdicts": sorted(f"{axis}={option}: {v}" for (axis, option), v in verdicts[(launcher, dtype)].items()),
         })
-    notes.append(f"sweep: `python ablate/run.py -m {' '.join(common)}` with hydra/launcher=basic|batched and "
-                 f"train.dtype=fp32|auto, each a fresh process (start-up, data and report included), median of "
+    notes.append(f"sweep: `python ablate/run.py -m {' '.join(common)} train.threads={args.threads}` with "
+                 f"hydra/launcher=basic|batched and train.dtype=fp32|auto"
+                 + (f", and the batched launcher in {args.threads} processes of 1 thread (hydra.launcher.n_jobs="
+                    f"{args.threads} train.threads=1; max_members=1: each job alone)"
+                    if len(compared) > len(VARIANTS) else "")
+                 + f", each a fresh process (start-up, data and report included), median of "
                  f"{args.repeats} rounds taken in turns; speed-up = basic fp32's wall time / the variant's; loss rel "
                  f"diff = the largest relative difference of any logged loss from the same job under the basic "
                  f"launcher in the same dtype")

@@ -18,16 +18,20 @@ initialization), `optim.*`, `schedule.*` and `z_loss.*`. `hydra.launcher.max_mem
 # and dataclasses then cannot resolve string annotations.
 import json
 import logging
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hydra_plugins.ablate_batched_launcher.processes import Processes, Unit, schedule, unreported, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,9 @@ PER_MEMBER = ("train.seed", "optim", "schedule", "z_loss")
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.ablate_batched_launcher.batched_launcher.BatchedLauncher"
     max_members: Optional[int] = None  # jobs per ensemble at most; null = a whole group
+    # ensembles (and jobs that train alone) trained at once, each in a process of its own, sharing the cores
+    # (processes.py); 1 = one after another in the launcher's process; -1 = one per core
+    n_jobs: Optional[int] = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="ablate")
@@ -117,9 +124,10 @@ def why_not_batched(trees: Sequence[Dict[str, Any]]) -> Optional[str]:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_members: Optional[int] = None) -> None:
+    def __init__(self, max_members: Optional[int] = None, n_jobs: Optional[int] = 1) -> None:
         super().__init__()
         self.max_members = max_members
+        self.n_jobs = n_jobs
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -140,24 +148,73 @@ class BatchedLauncher(Launcher):
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = initial_job_idx + idx
             configs.append(sweep_config)
-        trees = [task_tree(c) for c in configs]
-        groups = group_jobs(trees)
-        log.info(f"Launching {len(job_overrides)} jobs locally, in {len(groups)} batched group(s)")
-        returns: List[Optional[JobReturn]] = [None] * len(configs)
-        for group in groups:
-            numbers = ", ".join(f"#{initial_job_idx + p}" for p in group)
+        units = self.units([task_tree(c) for c in configs], initial_job_idx)
+        workers = worker_count(self.n_jobs, len(units))
+        for config in configs:  # what each job's threads are computed from (ablate.job.threads_per_job)
+            with open_dict(config):
+                config.hydra.launcher.n_jobs = workers if workers > 1 else None
+        log.info(f"Launching {len(job_overrides)} jobs locally, as {sum(u.together for u in units)} batched "
+                 f"ensemble(s) and {sum(not u.together for u in units)} job(s) alone, "
+                 f"{workers} process(es) at a time")
+        if workers == 1:
+            returns: List[Optional[JobReturn]] = [None] * len(configs)
+            for unit in units:
+                for p, ret in zip(unit.positions, self.run_unit(unit, configs)):
+                    returns[p] = ret
+            return returns  # type: ignore[return-value]
+        return self.run_in_processes(units, configs, workers)
+
+    def units(self, trees: List[Dict[str, Any]], initial_job_idx: int) -> List[Unit]:
+        """The launch's jobs as ensembles (groups of at most max_members) and jobs that train alone, printing
+        one line for each group that cannot be batched."""
+        units: List[Unit] = []
+        for group in group_jobs(trees):
             reason = why_not_batched([trees[p] for p in group]) if len(group) > 1 else None
             if len(group) == 1 or reason:
                 if reason:
+                    numbers = ", ".join(f"#{initial_job_idx + p}" for p in group)
                     print(f"ablate: jobs {numbers} run one after another, not as a batched ensemble: {reason}")
-                for p in group:
-                    returns[p] = self.run_one(configs[p])
+                units.extend(Unit([p], together=False) for p in group)
                 continue
             size = self.max_members or len(group)
-            for start in range(0, len(group), size):
-                part = group[start:start + size]
-                for p, ret in zip(part, self.run_together([configs[p] for p in part])):
-                    returns[p] = ret
+            parts = [group[start:start + size] for start in range(0, len(group), size)]
+            units.extend(Unit(part, together=len(part) > 1) for part in parts)  # (a part of one: a plain run)
+        return units
+
+    def run_unit(self, unit: Unit, configs: List[DictConfig]) -> List[JobReturn]:
+        chosen = [configs[p] for p in unit.positions]
+        return self.run_together(chosen) if unit.together else [self.run_one(c) for c in chosen]
+
+    def run_in_processes(self, units: List[Unit], configs: List[DictConfig], workers: int) -> List[JobReturn]:
+        """Each unit in a process of its own, `workers` at a time (processes.py); a stop request or a full
+        disk in any of them ends the sweep once all have reported, with that process's exit code."""
+        import cloudpickle
+
+        state = Singleton.get_state()
+
+        def payload(unit: Unit) -> bytes:
+            return cloudpickle.dumps((self.hydra_context, self.task_function, self.config,
+                                      [configs[p] for p in unit.positions], unit.together, state))
+
+        order = schedule(units)
+        processes = Processes(workers, payload)
+        outcomes = processes.run(order)
+        returns: List[Optional[JobReturn]] = [None] * len(configs)
+        for unit, outcome in zip(order, outcomes):
+            chosen = [configs[p] for p in unit.positions]
+            if outcome.exitcode is not None:
+                print(f"ablate: the process training jobs {', '.join('#' + str(c.hydra.job.num) for c in chosen)} "
+                      f"ended with code {outcome.exitcode} without reporting; re-run the command to resume them",
+                      file=sys.stderr)
+            for p, ret in zip(unit.positions, outcome.returns if outcome.returns else unreported(chosen)):
+                returns[p] = ret
+        stops = [o.exit_code for o in outcomes if o.exit_code]
+        if stops:  # each such process has printed why (ablate.job); the sweep ends as under the basic launcher
+            sys.exit(stops[0])
+        if processes.stop:  # every running unit has checkpointed; the rest never started
+            from ablate import job as ablate_job
+
+            ablate_job.stop_sweep(processes.stop)
         return returns  # type: ignore[return-value]
 
     def run_one(self, config: DictConfig) -> JobReturn:
