@@ -258,6 +258,20 @@ def test_processes_never_outnumber_units_or_cores_and_the_largest_units_go_first
     assert [u.positions for u in schedule(units)] == [[1, 2, 3], [4, 5], [0], [6]]
 
 
+def test_automatic_processes_divide_the_cores_by_each_jobs_threads(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.ablate_batched_launcher.batched_launcher import automatic_processes
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    def train(**settings):
+        return OmegaConf.create({"train": {"device": "cpu", "threads": None, **settings}})
+
+    assert automatic_processes(train()) == 8 and automatic_processes(train(threads=2)) == 4
+    assert automatic_processes(train(threads=16)) == 1
+    assert automatic_processes(train(device="cuda:7")) == 1  # a GPU (or one this machine lacks): one process
+
+
 @pytest.mark.parametrize("options", [
     ["norm=ln", "pos=learned", "ffn=gelu", "qk_norm=on", "qk_norm.scope=full", "softcap=on", "z_loss=on"],
     ["optim=muon", "attn=local_global", "attn.window=16", "norm_pos=double", "block=parallel", "ffn=geglu"],

@@ -235,14 +235,24 @@ def test_sweep_section_runs_both_launchers_side_by_side_and_compares_their_losse
     assert max_relative_difference([(1, "train_loss", 2.0)], [(2, "train_loss", 2.0)]) == math.inf
     overrides = (f"model=micro data=text data.path={POEMS} tokenizer.vocab_size=300 train.batch_size=4 "
                  f"train.eval_batches=1 train.sample_tokens=5")
-    result = bench.main(["--sweep", "--repeats", "1", "--sweep-steps", "3", "--threads", "2",
-                         "--sweep-grid", "train.seed=0,1 norm=rms,ln", "--run-overrides", overrides])
+    result = bench.main(["--sweep", "--repeats", "1", "--sweep-steps", "3", "--threads", "1",
+                         "--sweep-grid", "train.seed=0,1", "--run-overrides", overrides])
     rows = {(r["launcher"], r["dtype"]): r for r in result["sweep"]["rows"]}
-    assert set(rows) == {(launcher, dtype) for launcher in ("basic", "batched") for dtype in ("fp32", "auto")} | \
-        {("batched n_jobs=2", "fp32"), ("batched n_jobs=2 max_members=1", "fp32")}
-    assert all(r["jobs"] == r["completed"] == 4 and len(r["wall_all_s"]) == 1 for r in rows.values())
+    assert set(rows) == {(launcher, dtype) for launcher in ("basic", "batched") for dtype in ("fp32", "auto")}
+    assert all(r["jobs"] == r["completed"] == 2 and len(r["wall_all_s"]) == 1 for r in rows.values())
     assert rows[("basic", "fp32")]["speedup"] == 1.0 and rows[("batched", "fp32")]["computed_in"] == "fp32"
     assert rows[("batched", "fp32")]["loss_rel_diff_same_dtype"] < 1e-4  # the ensemble reproduces each job
     assert rows[("batched", "fp32")]["final_loss_diff_vs_fp32"] < 1e-4 and rows[("batched", "fp32")]["verdicts_match"]
-    for launcher in ("batched n_jobs=2", "batched n_jobs=2 max_members=1"):  # ensembles, or jobs, side by side
-        assert rows[(launcher, "fp32")]["loss_rel_diff_same_dtype"] < 1e-4 and rows[(launcher, "fp32")]["verdicts_match"]
+
+
+def test_sweep_section_adds_worker_processes_that_share_the_threads():
+    """With --threads T >= 2 the batched launcher also runs in T processes of one thread (its launcher test,
+    tests/test_batched.py, checks those runs against the basic launcher's)."""
+    from ablate.bench.sweep import launcher_overrides, variants
+
+    assert variants(1) == [("basic", "fp32"), ("basic", "auto"), ("batched", "fp32"), ("batched", "auto")]
+    assert variants(4)[4:] == [("batched n_jobs=4", "fp32"), ("batched n_jobs=4 max_members=1", "fp32")]
+    assert launcher_overrides("basic", 4) == ["hydra/launcher=basic", "train.threads=4"]
+    assert launcher_overrides("batched n_jobs=4 max_members=1", 4) == [
+        "hydra/launcher=batched", "hydra.launcher.n_jobs=4", "hydra.launcher.max_members=1", "train.threads=1"]
+    assert launcher_overrides("batched n_jobs=2", 4)[-1] == "train.threads=2"

@@ -73,6 +73,9 @@ CLASSIFIED: dict[str, object] = {
         "two processes training together", "tests/test_distributed.py::test_two_gloo_processes_equal_one_process"),
     "python ablate/run.py -m +sweep=norm hydra/launcher=joblib hydra.launcher.n_jobs=2": NotRun(
         "worker processes", "tests/test_launchers.py::test_parallel_launchers_produce_one_result_per_job"),
+    "python ablate/run.py -m +sweep=norm hydra/launcher=batched hydra.launcher.n_jobs=2 hydra.launcher.max_members=1":
+        NotRun("worker processes", "tests/test_batched.py::"
+               "test_a_stop_request_to_the_launcher_reaches_every_process_and_the_rest_never_start"),
     "python ablate/run.py -m +sweep=norm hydra/launcher=submitit_local": NotRun(
         "worker processes", "tests/test_launchers.py::test_parallel_launchers_produce_one_result_per_job"),
     "python ablate/run.py -m +sweep=norm hydra/launcher=slurm hydra.launcher.partition=gpu": NotRun(

@@ -12,7 +12,10 @@ printed line saying why; so does a group of one.
 
 Members may differ only where each keeps an object of its own: `train.seed` (data order and
 initialization), `optim.*`, `schedule.*` and `z_loss.*`. `hydra.launcher.max_members` caps a group's size
-(memory: the ensemble's activations grow with it).
+(memory: the ensemble's activations grow with it; 1: every job a plain run). `hydra.launcher.n_jobs` runs
+that many units (ensembles, jobs alone) side by side in worker processes that share the cores (processes.py;
+null: on a CPU the cores divided by train.threads, one per core when that is unset; on a GPU one process;
+never more than there are units).
 """
 # No `from __future__ import annotations`: Hydra executes this module before it is in sys.modules,
 # and dataclasses then cannot resolve string annotations.
@@ -44,9 +47,10 @@ PER_MEMBER = ("train.seed", "optim", "schedule", "z_loss")
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.ablate_batched_launcher.batched_launcher.BatchedLauncher"
     max_members: Optional[int] = None  # jobs per ensemble at most; null = a whole group
-    # ensembles (and jobs that train alone) trained at once, each in a process of its own, sharing the cores
-    # (processes.py); 1 = one after another in the launcher's process; -1 = one per core
-    n_jobs: Optional[int] = 1
+    # ensembles (and jobs that train alone) trained at once in worker processes sharing the cores
+    # (processes.py); null = on a CPU cores / train.threads (one per core when unset), on a GPU 1; 1 = one after
+    # another in the launcher's process
+    n_jobs: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="ablate")
@@ -123,8 +127,24 @@ def why_not_batched(trees: Sequence[Dict[str, Any]]) -> Optional[str]:
         return f"the model could not be built for the check ({type(error).__name__}: {error})"
 
 
+def automatic_processes(config: DictConfig) -> int:
+    """n_jobs null: on a CPU, the cores divided by the threads each job asks for (train.threads; unset: one
+    each); on a GPU one process, whose ensemble fills the device."""
+    import os
+
+    from ablate.hardware import resolve_device
+
+    try:
+        on_cpu = resolve_device(str(config.train.device)).type == "cpu"
+    except Exception:  # noqa: BLE001  (a device this machine lacks: each job refuses it with its own message)
+        on_cpu = False
+    if not on_cpu:
+        return 1
+    return max(1, (os.cpu_count() or 1) // int(config.train.threads or 1))
+
+
 class BatchedLauncher(Launcher):
-    def __init__(self, max_members: Optional[int] = None, n_jobs: Optional[int] = 1) -> None:
+    def __init__(self, max_members: Optional[int] = None, n_jobs: Optional[int] = None) -> None:
         super().__init__()
         self.max_members = max_members
         self.n_jobs = n_jobs
@@ -149,7 +169,7 @@ class BatchedLauncher(Launcher):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = initial_job_idx + idx
             configs.append(sweep_config)
         units = self.units([task_tree(c) for c in configs], initial_job_idx)
-        workers = worker_count(self.n_jobs, len(units))
+        workers = worker_count(self.n_jobs if self.n_jobs is not None else automatic_processes(configs[0]), len(units))
         for config in configs:  # what each job's threads are computed from (ablate.job.threads_per_job)
             with open_dict(config):
                 config.hydra.launcher.n_jobs = workers if workers > 1 else None
