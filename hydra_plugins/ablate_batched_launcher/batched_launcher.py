@@ -206,8 +206,8 @@ class BatchedLauncher(Launcher):
         return self.run_together(chosen) if unit.together else [self.run_one(c) for c in chosen]
 
     def run_in_processes(self, units: List[Unit], configs: List[DictConfig], workers: int) -> List[JobReturn]:
-        """Each unit in a process of its own, `workers` at a time (processes.py); a stop request or a full
-        disk in any of them ends the sweep once all have reported, with that process's exit code."""
+        """The units in `workers` worker processes (processes.py); a stop request or a full disk in any of
+        them ends the sweep once all have reported, with that unit's exit code."""
         import cloudpickle
 
         state = Singleton.get_state()
@@ -222,9 +222,9 @@ class BatchedLauncher(Launcher):
         returns: List[Optional[JobReturn]] = [None] * len(configs)
         for unit, outcome in zip(order, outcomes):
             chosen = [configs[p] for p in unit.positions]
-            if outcome.exitcode is not None:
+            if outcome.died_with is not None:
                 print(f"ablate: the process training jobs {', '.join('#' + str(c.hydra.job.num) for c in chosen)} "
-                      f"ended with code {outcome.exitcode} without reporting; re-run the command to resume them",
+                      f"ended with code {outcome.died_with} without reporting; re-run the command to resume them",
                       file=sys.stderr)
             for p, ret in zip(unit.positions, outcome.returns if outcome.returns else unreported(chosen)):
                 returns[p] = ret

@@ -29,6 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from ablate.preemption import SIGNALS
 
+
 @dataclass
 class Unit:
     """Positions (in the launch's job list) of the jobs one process trains; `together`: as one ensemble."""
@@ -39,13 +40,13 @@ class Unit:
 
 @dataclass
 class Outcome:
-    """What a worker reports: its jobs' returns, or the exit code that ended it (a stop request, a full disk).
-    `reported` is False for a process that ended without a report (killed, out of memory)."""
+    """What a worker reports for a unit: its jobs' returns, or the exit code that ended the unit (a stop
+    request, a full disk). No returns and no exit code: the unit never started (after a stop request), or
+    its process ended without a report (killed, out of memory), with the exit code `died_with`."""
 
     returns: List[JobReturn] = field(default_factory=list)
     exit_code: Optional[int] = None
-    reported: bool = True
-    exitcode: Optional[int] = None  # the process's own, when it did not report
+    died_with: Optional[int] = None
 
 
 def worker_count(n_jobs: Optional[int], units: int, cores: Optional[int] = None) -> int:
@@ -154,7 +155,7 @@ class Processes:
                     except (EOFError, OSError):  # the process ended without reporting (killed, out of memory)
                         process.join()
                         self.running.pop(process.pid, None)
-                        outcomes[index] = Outcome(reported=False, exitcode=process.exitcode)
+                        outcomes[index] = Outcome(died_with=process.exitcode)
                         if waiting and self.stop is None:  # the other units still get their process
                             start()
                         continue
@@ -169,7 +170,7 @@ class Processes:
                 process.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return [outcome or Outcome(reported=False) for outcome in outcomes]  # (None: never started)
+        return [outcome or Outcome() for outcome in outcomes]  # (None: never started)
 
 
 def unreported(configs: Sequence[Any]) -> List[JobReturn]:
