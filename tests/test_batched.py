@@ -179,35 +179,56 @@ def test_the_tuning_sweeper_gets_each_members_own_loss(tmp_path):
     assert tuning["choices"][0]["chosen"] == [o for o in tuning["scores"][best] if str(o).startswith("optim.lr=")]
 
 
-def test_sigterm_checkpoints_every_member_and_the_same_command_resumes_the_group(tmp_path):
-    command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", "hydra/launcher=batched", "train.seed=0,1",
-               *TINY, "train.max_steps=60", "train.eval_interval=20", "train.log_interval=1", "train.threads=1"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    sweep = tmp_path / "stopped"
-    process = subprocess.Popen([*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
+
+
+def stopped_once_logged(command: list[str], sweep: Path, watched: tuple[str, ...]) -> tuple[int, str, str]:
+    """Start the sweep, send its launcher SIGTERM (as `kill PID` does) once each watched job has logged 25
+    rows, and wait for it to end: (exit code, stdout, stderr)."""
+    process = subprocess.Popen([*command, f"hydra.sweep.dir={sweep}"], cwd=sweep.parent, env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = sweep / "1" / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 25):
+    while time.time() < deadline and not all((sweep / job / "metrics.jsonl").exists()
+                                             and len((sweep / job / "metrics.jsonl").read_text().splitlines()) >= 25
+                                             for job in watched):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
-    for job in ("0", "1"):
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
+def assert_checkpointed(sweep: Path, jobs: tuple[str, ...], max_steps: int) -> None:
+    for job in jobs:
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
         state = torch.load(sweep / job / "checkpoints" / "latest.pt", weights_only=True)
-        assert state["step"] == summary["steps"] and 24 <= state["step"] < 60
-    resumed = subprocess.run([*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=300)
+        assert state["step"] == summary["steps"] and 24 <= state["step"] < max_steps
+
+
+def resumed_bit_for_bit(command: list[str], sweep: Path, jobs: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """The same command again finishes every job, each with the losses of a sweep never stopped; returns the
+    resuming run."""
+    resumed = subprocess.run([*command, f"hydra.sweep.dir={sweep}"], cwd=sweep.parent, env=ENV,
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.count("resumed from") == 2 and "together as one batched ensemble" in resumed.stdout
-    straight = tmp_path / "straight"
-    subprocess.run([*command, f"hydra.sweep.dir={straight}"], cwd=tmp_path, env=env, check=True,
+    straight = sweep.parent / "straight"
+    subprocess.run([*command, f"hydra.sweep.dir={straight}"], cwd=sweep.parent, env=ENV, check=True,
                    capture_output=True, timeout=300)
-    for job in ("0", "1"):
+    for job in jobs:
         assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
         assert sweep_losses(sweep, job) == sweep_losses(straight, job)  # bit for bit across the interruption
+    return resumed
+
+
+def test_sigterm_checkpoints_every_member_and_the_same_command_resumes_the_group(tmp_path):
+    command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", "hydra/launcher=batched", "train.seed=0,1",
+               *TINY, "train.max_steps=60", "train.eval_interval=20", "train.log_interval=1", "train.threads=1"]
+    sweep = tmp_path / "stopped"
+    code, _, err = stopped_once_logged(command, sweep, watched=("1",))
+    assert code == 130, err[-2000:]
+    assert_checkpointed(sweep, ("0", "1"), max_steps=60)
+    resumed = resumed_bit_for_bit(command, sweep, ("0", "1"))
+    assert resumed.stdout.count("resumed from") == 2 and "together as one batched ensemble" in resumed.stdout
 
 
 def test_a_stop_request_to_the_launcher_reaches_every_process_and_the_rest_never_start(tmp_path):
@@ -217,35 +238,14 @@ def test_a_stop_request_to_the_launcher_reaches_every_process_and_the_rest_never
     command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", "hydra/launcher=batched",
                "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=1", "norm=rms,ln", "train.seed=0,1", *TINY,
                "train.max_steps=200", "train.eval_interval=50", "train.log_interval=1", "train.threads=1"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
     sweep = tmp_path / "stopped"
-    process = subprocess.Popen([*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not all((sweep / job / "metrics.jsonl").exists()
-                                             and len((sweep / job / "metrics.jsonl").read_text().splitlines()) >= 25
-                                             for job in ("0", "1")):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
+    code, out, err = stopped_once_logged(command, sweep, watched=("0", "1"))
+    assert code == 130, err[-2000:]
     assert "2 process(es) at a time" in out
-    for job in ("0", "1"):
-        summary = json.loads((sweep / job / "summary.json").read_text())
-        assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
-        state = torch.load(sweep / job / "checkpoints" / "latest.pt", weights_only=True)
-        assert state["step"] == summary["steps"] and 24 <= state["step"] < 200
+    assert_checkpointed(sweep, ("0", "1"), max_steps=200)
     assert not (sweep / "2").exists() and not (sweep / "3").exists()
-    resumed = subprocess.run([*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = resumed_bit_for_bit(command, sweep, ("0", "1", "2", "3"))
     assert resumed.stdout.count("resumed from") == 2
-    straight = tmp_path / "straight"
-    subprocess.run([*command, f"hydra.sweep.dir={straight}"], cwd=tmp_path, env=env, check=True,
-                   capture_output=True, timeout=300)
-    for job in ("0", "1", "2", "3"):
-        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
-        assert sweep_losses(sweep, job) == sweep_losses(straight, job)  # bit for bit across the interruption
 
 
 def test_processes_never_outnumber_units_or_cores_and_the_largest_units_go_first():

@@ -90,6 +90,7 @@ def bench_sweep(args, notes: list[str]) -> dict[str, Any]:
     common = [*grid, f"train.max_steps={args.sweep_steps}",
               f"train.eval_interval={max(1, args.sweep_steps // 2)}", "logger=none", *args.run_overrides]
     compared = variants(args.threads)
+    with_workers = len(compared) > len(VARIANTS)  # the batched launcher's worker rows are compared too
     walls: dict[tuple[str, str], list[float]] = {v: [] for v in compared}
 
     def sweep_dir(tmp: str, variant: tuple[str, str], round_: int) -> Path:
@@ -97,7 +98,7 @@ def bench_sweep(args, notes: list[str]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="ablate-sweep-bench-") as tmp:
         # data and tokenizer caches, and the bf16 probe's cached answer (at each thread count), before timing
-        for threads in sorted({1, args.threads} if len(compared) > len(VARIANTS) else {args.threads}):
+        for threads in sorted({1, args.threads} if with_workers else {args.threads}):
             run_sweep([*grid[:1], *common[len(grid):], "train.max_steps=1", "train.dtype=auto",
                        f"train.threads={threads}"], Path(tmp) / f"warm-{threads}", env)
         for round_ in range(args.repeats):
@@ -130,7 +131,7 @@ def bench_sweep(args, notes: list[str]) -> dict[str, Any]:
                  f"hydra/launcher=basic|batched and train.dtype=fp32|auto"
                  + (f", and the batched launcher in {args.threads} processes of 1 thread (hydra.launcher.n_jobs="
                     f"{args.threads} train.threads=1; max_members=1: each job alone)"
-                    if len(compared) > len(VARIANTS) else "")
+                    if with_workers else "")
                  + f", each a fresh process (start-up, data and report included), median of "
                  f"{args.repeats} rounds taken in turns; speed-up = basic fp32's wall time / the variant's; loss rel "
                  f"diff = the largest relative difference of any logged loss from the same job under the basic "

@@ -210,11 +210,11 @@ class BatchedLauncher(Launcher):
         them ends the sweep once all have reported, with that unit's exit code."""
         import cloudpickle
 
-        state = Singleton.get_state()
+        # what every unit needs, serialized once for the whole launch
+        shared = cloudpickle.dumps((self.hydra_context, self.task_function, self.config, Singleton.get_state()))
 
         def payload(unit: Unit) -> bytes:
-            return cloudpickle.dumps((self.hydra_context, self.task_function, self.config,
-                                      [configs[p] for p in unit.positions], unit.together, state))
+            return cloudpickle.dumps((shared, [configs[p] for p in unit.positions], unit.together))
 
         order = schedule(units)
         processes = Processes(workers, payload)

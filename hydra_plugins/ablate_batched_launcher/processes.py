@@ -68,7 +68,8 @@ def run_unit(payload: bytes) -> Outcome:
 
     from hydra_plugins.ablate_batched_launcher.batched_launcher import BatchedLauncher
 
-    hydra_context, task_function, config, configs, together, singleton_state = cloudpickle.loads(payload)
+    shared, configs, together = cloudpickle.loads(payload)
+    hydra_context, task_function, config, singleton_state = cloudpickle.loads(shared)
     Singleton.set_state(singleton_state)
     launcher = BatchedLauncher()
     launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
