@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.verdict import BETTER, NO_DIFFERENCE, NOT_COMPARED, WORSE, Comparison
+from analysis.verdict import BETTER, NO_DIFFERENCE, NOT_COMPARED, UNSTABLE, WORSE, Comparison
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -52,21 +52,51 @@ def _fmt(x: float) -> str:
     return f"{x:+.3f}"
 
 
+def _instability_clause(c: Comparison) -> str:
+    """`none` diverged in 1 of 3 seeds at its tuned rate 0.006 and was 0.430 nats worse in the others."""
+    who, k, n = (c.option, c.diverged, c.n_outcomes) if c.diverged else (c.baseline, c.diverged_baseline,
+                                                                          c.n_outcomes_baseline)
+    subject = "" if c.diverged else f"the baseline `{who}` "
+    at = f" at its {'tuned ' if c.tuned else ''}{c.diverged_at}" if c.diverged_at else ""
+    text = f"{subject}diverged in {k} of {n} {c.unit}{at}"
+    text += (f" (the baseline `{c.baseline}` in {c.diverged_baseline} of {c.n_outcomes_baseline})" if c.diverged
+             else f" (`{c.option}` in 0 of {c.n_outcomes})")
+    if c.n_both and not math.isnan(c.diff_mean):
+        unit = "nats" if c.metric == "final_val_loss" else "bits per byte"
+        way = "worse" if c.diff_mean > 0 else "better"
+        text += (f" and {'was' if c.diverged else f'`{c.option}` was'} {abs(c.diff_mean):.3f} {unit} {way} "
+                 f"in the {'seeds' if c.seed_diffs else 'runs'} where both trained")
+        if not math.isnan(c.ci_low):
+            text += f" (95 % CI {_fmt(c.ci_low)} to {_fmt(c.ci_high)})"
+    else:
+        text += "; no run where both trained"
+    return text
+
+
 def axis_verdict(axis: str, baseline: str, comparisons: list[Comparison]) -> str:
-    """One clause per axis: detectable differences with their CI, then the rest grouped by word."""
+    """One clause per axis, strongest finding first: detectable differences with their CI, options
+    that diverged on one side only (`unstable`, with the counts and the difference where both trained),
+    those not compared and why, then the options with no detectable difference. "Nothing detectable"
+    only when every option was compared and none differed."""
     if not comparisons:
         return f"`{axis}`: only the baseline `{baseline}` has runs, nothing to compare"
-    found = [c for c in comparisons if c.verdict in (BETTER, WORSE)]
-    parts = [f"`{c.option}` **{c.verdict}** ({_fmt(c.diff_mean)}, 95 % CI {_fmt(c.ci_low)} to "
-             f"{_fmt(c.ci_high)})" for c in found]
+    parts = []
+    for c in (c for c in comparisons if c.verdict in (BETTER, WORSE)):
+        if c.unstable:  # a rank verdict: the divergences themselves are the evidence
+            parts.append(f"`{c.option}` **{c.verdict}** ({c.test} p {c.p_adjusted:.3g} after Holm: "
+                         + _instability_clause(c) + ")")
+        else:
+            parts.append(f"`{c.option}` **{c.verdict}** ({_fmt(c.diff_mean)}, 95 % CI {_fmt(c.ci_low)} to "
+                         f"{_fmt(c.ci_high)})")
+    for c in (c for c in comparisons if c.verdict == UNSTABLE):
+        parts.append(f"`{c.option}` **{UNSTABLE}**: " + _instability_clause(c))
+    for c in (c for c in comparisons if c.verdict == NOT_COMPARED):
+        why = c.reason or ("one seed" if c.n_seeds < 2 else "no spread")
+        parts.append(f"`{c.option}`: {NOT_COMPARED} ({why})")
     same = [f"`{c.option}`" for c in comparisons if c.verdict == NO_DIFFERENCE]
     if same:
         parts.append(", ".join(same) + ": " + NO_DIFFERENCE)
-    for c in comparisons:
-        if c.verdict == NOT_COMPARED:
-            why = c.reason or ("one seed" if c.n_seeds < 2 else "no spread")
-            parts.append(f"`{c.option}`: {NOT_COMPARED} ({why})")
-    lead = "nothing detectable: " if not found and same else ""
+    lead = "nothing detectable: " if all(c.verdict == NO_DIFFERENCE for c in comparisons) else ""
     return f"`{axis}` (baseline `{baseline}`): " + lead + "; ".join(parts)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis.findings import Findings, opening_paragraph, power_sentence
 from analysis.stats import SIZE_TOLERANCE
-from analysis.verdict import BETTER, NOT_COMPARED, WORSE, Comparison
+from analysis.verdict import BETTER, NOT_COMPARED, UNSTABLE, WORSE, Comparison
 
 MAX_ERROR_CHARS = 400  # keep the table readable; results.csv holds the full error
 
@@ -162,7 +162,7 @@ COMPARISON_NUMERIC = [False, False, True, False, True, True, True, True, False, 
 def comparison_rows(comparisons: list[Comparison]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in comparisons:
-        verdict = f"**{c.verdict}**" if c.verdict in (BETTER, WORSE) else c.verdict
+        verdict = f"**{c.verdict}**" if c.verdict in (BETTER, WORSE, UNSTABLE) else c.verdict
         if c.did_not_learn:
             verdict = "**did not learn**"
         rows.append([f"`{c.option}`", f"`{c.baseline}`", f"{c.n}/{c.n_baseline}",
@@ -201,9 +201,11 @@ def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str], tuned: b
     header = ["run", "status", *axes, "seed", "error / reason"]
     numeric = [False, False, *[False] * len(axes), True, False]
     return [
-        Para("These runs are excluded from every mean and test above. An option with a diverged "
-             "run, or a run that did not learn, is *not compared*: its verdict would measure the "
-             "learning rate or budget, not the design."),
+        Para("These runs are excluded from every mean above. A diverged run still counts in its "
+             "comparison's test where the other side trained in that seed (ranked worst: the verdict "
+             "`unstable`, or `better`/`worse` when the ranks decide it); where both sides diverged it "
+             "counts in neither. An option with a run that did not learn is *not compared*: its verdict "
+             "would measure the learning rate or budget, not the design."),
         Table(header, rows, numeric),
     ]
 
@@ -238,6 +240,7 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
         if mine:
             header, rows = comparison_rows(mine)
             blocks.append(Table(header, rows, COMPARISON_NUMERIC))
+            blocks += [Para(f"**`{c.option}` {UNSTABLE}:** {c.advice}") for c in mine if c.advice]
         if info:
             blocks.append(Para(power_sentence(info, f.metric)))
         blocks += _option_blocks(t, axis, [axis], f.metric)
@@ -272,7 +275,12 @@ def _rule_text(f: Findings) -> str:
             f"`better`/`worse` means the corrected p is below α = {alpha}; otherwise "
             f"`no detectable difference`, which is not evidence of equality (see the smallest "
             f"resolvable difference under each table). The 95 % CIs are per comparison, uncorrected. "
-            f"Only completed runs that learned enter the tests; `{NOT_COMPARED}` says why not.")
+            f"Where one side diverged in a seed and the other did not, the test is by ranks instead "
+            f"(Wilcoxon's signed-rank test over the seeds, Mann-Whitney's rank-sum test when they do not "
+            f"pair), each diverged run ranked worst, exact by permutation; it enters Holm's correction "
+            f"like the others, and when it is not significant the verdict is `{UNSTABLE}`, with the "
+            f"counts and the difference over the seeds where both trained. Only completed runs that "
+            f"learned enter the differences; `{NOT_COMPARED}` says why an option has none.")
 
 
 def to_markdown(blocks: list[Block]) -> str:

@@ -40,7 +40,7 @@ def differences_figure(f) -> Figure:
                                label=None if "mean" in labelled else "mean difference, 95 % CI")
                 labelled.add("mean")
             word = "did not learn" if c.did_not_learn else c.verdict
-            colour = {"better": "tab:green", "worse": "tab:red"}.get(word, "dimgrey")
+            colour = {"better": "tab:green", "worse": "tab:red", "unstable": "tab:orange"}.get(word, "dimgrey")
             panel.annotate(word.replace("no detectable difference", "no detectable\ndifference"),
                            (i, 0.02), xycoords=("data", "axes fraction"), ha="center", fontsize=8,
                            color=colour)

@@ -158,7 +158,11 @@ def test_report_markdown(sweep: Path, report: Path) -> None:
     # The opening paragraph: the question, the verdict in the contract's words, what was held fixed.
     opening = md.split("\n\n")[1]
     assert opening.startswith("**Question:** Does the choice of `norm` change `final_val_loss`?")
-    assert "`norm` (baseline `rms`): `ln`: not compared (diverged)" in opening
+    # ln diverged in seed 3 (rms has no seed 3): unstable, said with the counts and the difference where
+    # both trained, never "nothing detectable".
+    assert ("`norm` (baseline `rms`): `ln` **unstable**: diverged in 1 of 4 seeds (the baseline `rms` in 0 "
+            "of 3) and was 0.400 nats worse in the seeds where both trained (95 % CI +0.400 to +0.400)") in opening
+    assert "nothing detectable" not in opening
     assert "Winner" not in md
     assert "**Held fixed:** model `nano`" in opening and "unigram baseline" in opening
     # Per option, best mean first; rms: 3 of 5 runs completed (1 failed, 1 running), ln: 3 of 4.
@@ -166,8 +170,12 @@ def test_report_markdown(sweep: Path, report: Path) -> None:
     ln = md_row("ln", "3/4", LN)
     assert rms in md and ln in md and md.index(rms) < md.index(ln)
     assert "1 failed, 1 running |" in md[md.index(rms):] and "1 diverged |" in md[md.index(ln):]
-    # ln diverged once: it is not compared (its verdict would measure the learning rate).
-    assert "| `ln` | `rms` | 3/3 | – | – | – | – | – | not compared | `ln` diverged in 1 of 4 runs" in md
+    # ln diverged once: its test is by ranks over all 4 of its outcomes against rms's 3 (Mann-Whitney, the
+    # diverged run ranked worst: every ln run above every rms run, exact p = 2 / C(7, 3)), not significant.
+    assert ("| `ln` | `rms` | 4/3 | rank-sum, diverged worst | +0.4000 | +0.4000 to +0.4000 | 0.0571 | 0.0571 "
+            "| **unstable** | diverged: `ln` 1 of 4, baseline `rms` 0 of 3; difference and CI over the 3 seeds "
+            "where both trained") in md
+    assert "**`ln` unstable:** `ln` diverged where the other side did not. To settle it: tune the rate" in md
     section = md[md.index("## Runs not in the means"):]
     assert "| `6` | diverged | ln | 3 | loss is NaN at step 120 |" in section
     assert "| `7` | failed | rms | 4 | CUDA out of memory |" in section
@@ -207,7 +215,7 @@ class _Tables(HTMLParser):
 
 
 def markdown_tables(md: str) -> list[list[list[str]]]:
-    """Cell texts of the markdown tables (code spans and escapes removed), header included."""
+    """Cell texts of the markdown tables (code spans, bold and escapes removed), header included."""
     tables, current = [], None
     for line in md.splitlines():
         if line.startswith("|"):
@@ -217,7 +225,7 @@ def markdown_tables(md: str) -> list[list[list[str]]]:
             if set(line) <= {"|", "-"}:
                 continue  # the |---| separator
             cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
-            current.append([c.strip().replace("\\|", "|").replace("`", "") for c in cells])
+            current.append([c.strip().replace("\\|", "|").replace("`", "").replace("**", "") for c in cells])
         else:
             current = None
     return tables
@@ -233,7 +241,7 @@ def test_index_html(sweep: Path, report: Path) -> None:
     md_tables = markdown_tables((report / "report.md").read_text(encoding="utf-8"))
     assert len(md_tables) == 3 and page.tables == md_tables
     [compared, options, excluded] = page.tables
-    assert compared[1][:3] == ["ln", "rms", "3/3"] and compared[1][8] == "not compared"
+    assert compared[1][:3] == ["ln", "rms", "4/3"] and compared[1][8] == "unstable"
     assert options[1][:3] == ["rms", "3/5", f"{statistics.mean(RMS):.4f}"]
     assert options[2][:3] == ["ln", "3/4", f"{statistics.mean(LN):.4f}"]
     assert ["6", "diverged", "ln", "3", "loss is NaN at step 120"] in excluded
@@ -351,7 +359,7 @@ def test_did_not_learn_is_marked_not_ranked(tmp_path: Path) -> None:
     assert "| `b0` | did not learn | sinusoidal | 0 |" in md and "does not suit it" in md
 
 
-def test_diverged_option_is_not_compared(tmp_path: Path) -> None:
+def test_diverged_option_is_unstable(tmp_path: Path) -> None:
     root = tmp_path / "s"
     for seed in range(2):
         make_run(root / f"a{seed}", {"optim.lr": "0.003", "train.seed": str(seed)}, 3.5 + seed / 10)
@@ -361,7 +369,8 @@ def test_diverged_option_is_not_compared(tmp_path: Path) -> None:
     md = (build_report(root) / "report.md").read_text()
     # optim.lr's default (3e-3 in conf/optim/adamw.yaml) is the baseline, matched by value.
     assert "## Axis `optim.lr` (baseline `0.003`: the default in conf/config.yaml)" in md
-    assert "`optim.lr` (baseline `0.003`): `0.01`: not compared (diverged)" in md
+    assert ("`optim.lr` (baseline `0.003`): `0.01` **unstable**: diverged in 1 of 3 seeds at its rate 0.01 (the "
+            "baseline `0.003` in 0 of 2) and was 0.500 nats better in the seeds where both trained") in md
     # The diverged option is listed after the one that trained, although its mean is lower.
     assert md.index("| `0.003` | 2/2 |") < md.index("| `0.01` | 2/3 |")
 
