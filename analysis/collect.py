@@ -176,7 +176,7 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str], li
 
     choices = _choices_from_config(config)
     if summary and isinstance(summary.get("choices"), dict):
-        choices.update({str(k): str(v) for k, v in summary["choices"].items()})
+        choices.update({str(k): str(v) for k, v in summary["choices"].items() if v is not None})  # null: no choice
     for group, option in choices.items():
         row[f"choice.{group}"] = option
     for text in overrides:

@@ -240,7 +240,8 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
         facts.append(f.jobs_note)
     problems = df.attrs.get("problems") or []
     if problems:
-        facts.append(f"**{len({p.path for p in problems})} result files not read as written** (damaged, or another "
+        n_files = len({p.path for p in problems})
+        facts.append(f"**{n_files} result file{'s' if n_files > 1 else ''} not read as written** (damaged, or another "
                      f"version's): see *Damaged or foreign result files*")
     blocks: list[Block] = [Heading(1, "Sweep report"), Para(opening_paragraph(f)), Bullets(facts),
                            Heading(2, "How to read the verdict"), Para(f.metric_reason),

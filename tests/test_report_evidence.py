@@ -117,7 +117,7 @@ def test_a_damaged_summary_is_named_and_its_run_unreadable_never_running(tmp_pat
     assert row[1] == "unreadable" and words in row[-1] and "not a running job" in row[-1]
     assert "running" not in md.replace("not a running job", "")
     assert "- Runs: 6 (5 completed, 1 unreadable)" in md
-    assert "**1 result files not read as written**" in md
+    assert "**1 result file not read as written**" in md
     assert_rest_compared(comparisons, n_rms=2)
 
 
