@@ -119,6 +119,16 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _hydra_file(run_dir: Path, name: str, kind: type, wrong: str, action: str, here, problems: list[Problem]) -> Any:
+    """The data of .hydra/NAME when it is a `kind`, else None with its problem named."""
+    data, why = read_yaml(run_dir / ".hydra" / name)
+    if data is not None and not isinstance(data, kind):
+        data, why = None, wrong
+    if why:
+        problems.append(Problem(here(f".hydra/{name}"), why, action))
+    return data
+
+
 def _read_run_files(run_dir: Path, here) -> tuple[dict[str, Any] | None, str | None, Any, list[str], list[Problem]]:
     """(summary, why it is unreadable, config, overrides, problems) of a run; `here(name)` names its files."""
     problems = []
@@ -128,18 +138,10 @@ def _read_run_files(run_dir: Path, here) -> tuple[dict[str, Any] | None, str | N
         summary, why = summary_record(raw)
     if why:
         problems.append(Problem(here("summary.json"), why, f"its run is shown as `{UNREADABLE}`, in no mean or test"))
-    config, config_why = read_yaml(run_dir / ".hydra" / "config.yaml")
-    if config is not None and not isinstance(config, dict):
-        config, config_why = None, "is not a mapping of config groups and keys"
-    if config_why:
-        problems.append(Problem(here(".hydra/config.yaml"), config_why,
-                                "the run's settings are taken from its summary.json alone"))
-    loaded, overrides_why = read_yaml(run_dir / ".hydra" / "overrides.yaml")
-    if loaded is not None and not isinstance(loaded, list):
-        loaded, overrides_why = None, "is not a list of overrides"
-    if overrides_why:
-        problems.append(Problem(here(".hydra/overrides.yaml"), overrides_why,
-                                "the run's overrides are taken from its summary.json, or left empty"))
+    config = _hydra_file(run_dir, "config.yaml", dict, "is not a mapping of config groups and keys",
+                         "the run's settings are taken from its summary.json alone", here, problems)
+    loaded = _hydra_file(run_dir, "overrides.yaml", list, "is not a list of overrides",
+                         "the run's overrides are taken from its summary.json, or left empty", here, problems)
     overrides: Any = summary.get("overrides") if summary else None
     if not overrides:
         overrides = loaded or []
