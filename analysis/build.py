@@ -155,12 +155,14 @@ def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True,
     f = gather(sweep, baseline)
     out = sweep / REPORT_DIRNAME
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.csv", results_table(f.df))
-    write_text(out / "comparisons.csv", comparisons_frame(f.comparisons).to_csv(index=False))
+    tables = {"results.csv": lambda: results_table(f.df),
+              "comparisons.csv": lambda: comparisons_frame(f.comparisons).to_csv(index=False)}
     if f.ladder is not None:  # a scale ladder: fits, multipliers and the verdict at every rung
-        write_text(out / "scaling.csv", f.ladder.scaling_frame().to_csv(index=False))
-        write_text(out / "multipliers.csv", f.ladder.multipliers_frame().to_csv(index=False))
-        write_text(out / "transfer.csv", f.ladder.transfer.to_csv(index=False))
+        tables.update({"scaling.csv": lambda: f.ladder.scaling_frame().to_csv(index=False),
+                       "multipliers.csv": lambda: f.ladder.multipliers_frame().to_csv(index=False),
+                       "transfer.csv": lambda: f.ladder.transfer.to_csv(index=False)})
+    for name, text in tables.items():
+        write_text(out / name, text())
     figures: list[str] = []
     if plots:
         from analysis.plots import draw_all  # lazy: matplotlib costs ~1 s
@@ -169,5 +171,6 @@ def build_report(sweep_dir: str | os.PathLike[str], plots: bool = True,
     blocks = document(f, figures)
     write_text(out / "report.md", to_markdown(blocks))
     # Last, so that the figures it shows exist when it appears.
-    write_text(out / "index.html", to_html(blocks, title=f"Sweep report: {sweep.resolve().name}"))
+    write_text(out / "index.html", to_html(blocks, title=f"Sweep report: {sweep.resolve().name}",
+                                           files=("report.md", *tables)))
     return out

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from ablate.summary import FIELDS as RUN_SUMMARY_FIELDS
 from ablate.summary import NUMERIC_FIELDS
-
-# libyaml's loader when present: a report of hundreds of runs parses their configs ~10x faster.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from analysis.evidence import UNREADABLE, Problem, metric_rows, read_json, read_yaml, summary_record
+from analysis.evidence import sweep_file_problems
 
 # Fields of summary.json, in the order they go into results.csv.
 # (from the one record both sides share, ablate.summary.RunSummary: torch-free)
@@ -42,6 +40,9 @@ CONTENTION_LIMIT = 0.10
 SETTING_KEYS = ["model.d_model", "model.n_layers", "model.n_heads", "model.context_length", "optim.lr",
                 "train.batch_size", "train.max_steps", "schedule.warmup_steps"]
 DEFAULT_STAGE = "verdict"  # compare.stage: runs of the verdict; `tune` runs only choose tuned values
+# Columns the report computes from a run's files: a summary.json field of the same name (another version's,
+# or a user's post-processing) is ignored, so the table always says what these files show.
+DERIVED_COLUMNS = {"run", "did_not_learn", "tokens_per_s_reliable", "stage", "lr_at_rung", *SETTING_KEYS}
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -76,37 +77,9 @@ def find_runs(sweep_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; skips lines that fail to parse (a run killed mid-write)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # absent or half-written: treat the run as not finished
-    return data if isinstance(data, dict) else None
-
-
-def _read_yaml(path: Path) -> Any:
-    """Plain Python data of a YAML file (.hydra/*.yaml as OmegaConf wrote them); None if unreadable."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            return yaml.load(f, Loader=_YAML_LOADER)
-    except Exception:  # missing or malformed YAML must not stop the whole report
-        return None
+    """Rows of metrics.jsonl; lines that fail to parse (a run killed mid-write) and values of the wrong
+    type are left out (load_results names them)."""
+    return metric_rows(run_dir / "metrics.jsonl", finished=False)[0]
 
 
 def select(config: Any, key: str) -> Any:
@@ -146,35 +119,71 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    summary = _read_json(run_dir / "summary.json")
-    config = _read_yaml(run_dir / ".hydra" / "config.yaml")
-    overrides: Any = summary.get("overrides") if summary else None
-    if not isinstance(overrides, list) or not overrides:
-        loaded = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
-        overrides = list(loaded) if isinstance(loaded, list) else []
-    overrides = [str(o) for o in overrides]
+def _hydra_file(run_dir: Path, name: str, kind: type, wrong: str, action: str, here, problems: list[Problem]) -> Any:
+    """The data of .hydra/NAME when it is a `kind`, else None with its problem named."""
+    data, why = read_yaml(run_dir / ".hydra" / name)
+    if data is not None and not isinstance(data, kind):
+        data, why = None, wrong
+    if why:
+        problems.append(Problem(here(f".hydra/{name}"), why, action))
+    return data
 
+
+def _read_run_files(run_dir: Path, here) -> tuple[dict[str, Any] | None, str | None, Any, list[str], list[Problem]]:
+    """(summary, why it is unreadable, config, overrides, problems) of a run; `here(name)` names its files."""
+    problems = []
+    raw, why = read_json(run_dir / "summary.json")
+    summary = None
+    if raw is not None:
+        summary, why = summary_record(raw)
+    if why:
+        problems.append(Problem(here("summary.json"), why, f"its run is shown as `{UNREADABLE}`, in no mean or test"))
+    config = _hydra_file(run_dir, "config.yaml", dict, "is not a mapping of config groups and keys",
+                         "the run's settings are taken from its summary.json alone", here, problems)
+    loaded = _hydra_file(run_dir, "overrides.yaml", list, "is not a list of overrides",
+                         "the run's overrides are taken from its summary.json, or left empty", here, problems)
+    overrides: Any = summary.get("overrides") if summary else None
+    if not overrides:
+        overrides = loaded or []
+    return summary, why, config, [str(o) for o in overrides], problems
+
+
+def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str], list[Problem]]:
     rel = run_dir.relative_to(sweep).as_posix()
+    here = lambda name: name if rel == "." else f"{rel}/{name}"  # noqa: E731 (a file's path in the sweep)
+    summary, unreadable, config, overrides, problems = _read_run_files(run_dir, here)
     row: dict[str, Any] = {"run": rel}
     for field in SUMMARY_FIELDS:
         row[field] = summary.get(field) if summary else None
     row["overrides"] = overrides
-    for field, value in (summary or {}).items():  # fields added to summary.json later
-        if field not in row and field != "choices" and field not in NOT_IN_TABLE:
-            row[field] = value
-
-    choices = _choices_from_config(config)
-    if summary and isinstance(summary.get("choices"), dict):
-        choices.update({str(k): str(v) for k, v in summary["choices"].items()})
-    for group, option in choices.items():
-        row[f"choice.{group}"] = option
 
     keys = []
     for text in overrides:
         parsed = parse_override(text)
         if parsed and parsed[0] not in KNOWN_COLUMNS:  # never clobber a summary field
             keys.append(parsed[0])
+    extra = {k: v for k, v in (summary or {}).items()  # fields added to summary.json later
+             if k not in SUMMARY_FIELDS and k not in ("choices", "overrides") and k not in NOT_IN_TABLE}
+    derived = [k for k in extra if k in DERIVED_COLUMNS or k in keys or k.startswith(("choice.", "_"))]
+    if derived:
+        problems.append(Problem(here("summary.json"), "carries " + ", ".join(f"`{k}`" for k in derived) +
+                                ", which the report derives itself (another version of ablate, or post-processing)",
+                                "recomputed from the run's files; the file's values are ignored"))
+    unknown = [k for k in extra if k not in derived]
+    if unknown:
+        problems.append(Problem(here("summary.json"), "carries fields this version of ablate does not write: " +
+                                ", ".join(f"`{k}`" for k in unknown) + " (a newer version, or added by hand)",
+                                "kept as columns of results.csv; nothing else reads them"))
+    row.update({k: extra[k] for k in unknown})
+
+    choices = _choices_from_config(config)
+    if summary and isinstance(summary.get("choices"), dict):
+        choices.update({str(k): str(v) for k, v in summary["choices"].items() if v is not None})  # null: no choice
+    for group, option in choices.items():
+        row[f"choice.{group}"] = option
+    for text in overrides:
+        parsed = parse_override(text)
+        if parsed and parsed[0] in keys:
             row[parsed[0]] = parsed[1]
 
     for key in SETTING_KEYS:
@@ -184,15 +193,22 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         row["seed"] = _config_value(config, "train.seed")
     if row["vocab_size"] is None:
         row["vocab_size"] = _config_value(config, "tokenizer.vocab_size")
-    if summary is None:
+    metrics, metrics_why = metric_rows(run_dir / "metrics.jsonl", finished=summary is not None or bool(unreadable))
+    if metrics_why:
+        problems.append(Problem(here("metrics.jsonl"), metrics_why, "the lines and values named are left out"))
+    if unreadable:  # it ended (the file exists) but says nothing usable: never mistaken for a live job
+        row["status"] = UNREADABLE
+        row["error"] = (f"summary.json {unreadable}: a damaged or foreign file, not a running job "
+                        "(restore it from a copy, or rerun the job)")
+    elif summary is None:
         row["status"] = RUNNING
-        _fill_from_metrics(row, read_metrics(run_dir))
+        _fill_from_metrics(row, metrics)
     if select(config, "ladder.rung") is not None:  # a ladder's rung (ablate/ladder.py) set the rate it trained at
         row["lr_at_rung"] = select(config, "optim.lr")
     row["stage"] = str(select(config, "compare.stage") or DEFAULT_STAGE)
     row["_compare"] = select(config, "compare")
     row["_config"] = config  # dropped by load_results; used to fill keys a run did not override
-    return row, keys
+    return row, keys, problems
 
 
 def _fill_from_metrics(row: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
@@ -219,9 +235,12 @@ def load_results(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per run: summary fields, `choice.<group>`, one string column per override key."""
     sweep = Path(sweep_dir)
     rows, override_keys = [], []
-    for run_dir in find_runs(sweep):
-        row, keys = _load_run(sweep, run_dir)
+    runs = find_runs(sweep)
+    problems = sweep_file_problems(sweep) if runs and runs[0] != sweep else []
+    for run_dir in runs:
+        row, keys, found = _load_run(sweep, run_dir)
         rows.append(row)
+        problems += found
         override_keys += [k for k in keys if k not in override_keys]
     # A run that did not override a key used the default: take it from its config, so that
     # e.g. `norm=ln` runs mixed with default runs compare `ln` against `rms`, not against NaN.
@@ -243,6 +262,7 @@ def load_results(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df["tokens_per_s_reliable"] = tokens_per_s_reliable(df)
     df.attrs["override_keys"] = override_keys
     df.attrs["compare"] = settings
+    df.attrs["problems"] = problems  # result files not read as written (analysis.evidence.Problem)
     return df
 
 

@@ -16,7 +16,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        max-width: 1400px; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #ddd; padding-bottom: .2em; }
 h2 { margin-top: 1.8em; border-bottom: 1px solid #eee; padding-bottom: .15em; }
-code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; font-size: 92%; }
+code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; font-size: 92%; overflow-wrap: anywhere; }
+.table { overflow-x: auto; }
 table { border-collapse: collapse; margin: .8em 0; font-size: 90%; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; vertical-align: top; }
 th { background: #f5f5f5; text-align: left; }
@@ -27,6 +28,10 @@ figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 90%; }
 nav { color: #555; }
 """.strip()
+
+FILE_NOTES = {"results.csv": "one row per run", "comparisons.csv": "each option against its baseline",
+              "scaling.csv": "fits per variant", "multipliers.csv": "compute multipliers",
+              "transfer.csv": "the verdict at every rung"}
 
 _CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
@@ -57,18 +62,22 @@ def _table(t: Table) -> str:
             cls = ' class="num"' if i < len(t.numeric) and t.numeric[i] else ""
             cells.append(f"<td{cls}>{inline(value)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows)
-            + "\n</tbody>\n</table>")
+    # In its own box: a table wider than a laptop's screen scrolls there, never the whole page.
+    return (f"<div class=\"table\"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows)
+            + "\n</tbody>\n</table></div>")
 
 
-def to_html(blocks: list[Block], title: str = "Sweep report") -> str:
+def to_html(blocks: list[Block], title: str = "Sweep report",
+            files: tuple[str, ...] = ("report.md", "results.csv")) -> str:
+    """The page; `files`: the report's other files, linked (relative to index.html) under the title."""
     body = []
     for i, b in enumerate(blocks):
         if isinstance(b, Heading):
             body.append(f"<h{b.level}>{inline(b.text)}</h{b.level}>")
             if i == 0:
-                body.append('<nav>Files: <a href="report.md">report.md</a> · '
-                            '<a href="results.csv">results.csv</a> (one row per run)</nav>')
+                links = (f'<a href="{html.escape(name)}">{html.escape(name)}</a>'
+                         + (f" ({FILE_NOTES[name]})" if name in FILE_NOTES else "") for name in files)
+                body.append("<nav>Files: " + " · ".join(links) + "</nav>")
         elif isinstance(b, Para):
             body.append(f"<p>{inline(b.text)}</p>")
         elif isinstance(b, Bullets):

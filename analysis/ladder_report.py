@@ -13,6 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from analysis.ladder import CONFIDENCE, MIN_RUNGS, N_BOOTSTRAP, R2_MIN, Ladder, transfer_sentence, verdict_words
+from analysis.layout import fit_layout
 from analysis.scaling import HUBER_DELTA, INITIAL_ALPHA, INITIAL_E
 
 COLOURS = colormaps["tab10"]
@@ -166,7 +167,7 @@ def scaling_figure(ladder: Ladder) -> Figure:
     if left.get_legend_handles_labels()[0]:
         left.legend(fontsize=7)
     _multiplier_panel(right, ladder, np.geomspace(low, top * EXTRAPOLATE, 120), top)
-    fig.tight_layout()
+    fit_layout(fig)
     return fig
 
 

@@ -210,6 +210,17 @@ def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str], tuned: b
     ]
 
 
+def problem_blocks(problems: list[Any]) -> list[Block]:
+    """The result files the report could not take as written: which, what is wrong, what it did instead."""
+    if not problems:
+        return []
+    rows = [[f"`{p.path}`", _cell(p.why), _cell(p.action)] for p in problems]
+    return [Heading(2, "Damaged or foreign result files"),
+            Para("The report read these files defensively: nothing in the sweep directory was changed; restore a "
+                 "damaged file from a copy, or rerun its job, and rebuild the report."),
+            Table(["file", "problem", "what the report did"], rows, [False, False, False])]
+
+
 def _option_blocks(t: pd.DataFrame, label: str, keys: list[str], metric: str) -> list[Block]:
     header, rows, notes = option_rows(t, label, keys, metric)
     return [Table(header, rows, OPTION_NUMERIC)] + [Para(n) for n in notes]
@@ -229,6 +240,11 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
                      f"({f.tuning.n_runs} tuning runs on seeds {f.tuning.seeds_text}, not used in the tests)")
     if f.jobs_note:
         facts.append(f.jobs_note)
+    problems = df.attrs.get("problems") or []
+    if problems:
+        n_files = len({p.path for p in problems})
+        facts.append(f"**{n_files} result file{'s' if n_files > 1 else ''} not read as written** (damaged, or another "
+                     f"version's): see *Damaged or foreign result files*")
     blocks: list[Block] = [Heading(1, "Sweep report"), Para(opening_paragraph(f)), Bullets(facts),
                            Heading(2, "How to read the verdict"), Para(f.metric_reason),
                            Para(_rule_text(f))]
@@ -256,7 +272,7 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
         blocks += [Heading(2, "Tuning"), *f.tuning.blocks(Para, Table)]
     blocks += [Heading(2, "Runs not in the means"),
                *not_in_means_blocks(f.runs, f.metric, keys, tuned=bool(f.settings.get("tuned"))),
-               Heading(2, "Figures")]
+               *problem_blocks(problems), Heading(2, "Figures")]
     shown = figures if figures is not None else []
     captions = dict(FIGURES)
     blocks += [Figure(name, captions.get(name, name)) for name in shown]

@@ -22,6 +22,7 @@ from scipy import stats
 
 from ablate.files import atomic_output
 from analysis.collect import RUNNING
+from analysis.layout import fit_layout, panel_grid
 from analysis.stats import COMPLETED, DIVERGED, usable
 
 MAX_CONFIG_COLOURS = 10  # beyond this, colour by the first axis only: more is unreadable
@@ -104,7 +105,7 @@ def loss_curves_figure(df: pd.DataFrame, curves: pd.DataFrame, axes: list[str],
                 panel.legend(fontsize=8, title=", ".join(axes) if axes else None, title_fontsize=8)
     fig.suptitle("Thin line with markers = one run (seed), thick line = mean over completed runs"
                  + ("; colour = configuration of " + ", ".join(axes) if len(axes) > 1 else ""), fontsize=11)
-    fig.tight_layout()
+    fit_layout(fig)
     return fig
 
 
@@ -153,6 +154,8 @@ def _other_axes_label(df: pd.DataFrame, axis: str, axes: list[str]) -> tuple[pd.
         return None, ""
     key = df[others].astype("string").fillna("?").apply(
         lambda r: ", ".join(f"{a}={r[a]}" for a in others), axis=1)
+    if key.nunique() > MAX_CONFIG_COLOURS:  # colours would repeat: one colour reads better than a legend of dozens
+        return None, ""
     return key, "colour: " + ", ".join(others)
 
 
@@ -210,6 +213,11 @@ def _per_option_panel(panel, df: pd.DataFrame, axis: str, table: pd.DataFrame | 
     return options
 
 
+def panel_width(items: list[tuple[str, pd.DataFrame | None]]) -> float:
+    """Inches per panel of a per-option figure: room for every option's name under its tick."""
+    return max(5.5, 1.0 * max((len(t) for _, t in items if t is not None), default=1) + 1.5)
+
+
 def final_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str,
                  axes: list[str] | None = None) -> Figure:
     """Per swept axis a subplot: mean with 95 % CI per option and each run as a dot; in a multi-axis
@@ -217,10 +225,9 @@ def final_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str,
     ok = usable(df, metric)
     axes = list(tables) if axes is None else axes
     items = list(tables.items()) or [("all runs", None)]
-    fig = Figure(figsize=(max(5.5, 4.8 * len(items)), 4.8))
-    panels = fig.subplots(1, len(items), squeeze=False)
+    fig, panels = panel_grid(len(items), panel_width(items))
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
-    for panel, (axis, table) in zip(panels[0], items):
+    for panel, (axis, table) in zip(panels, items):
         colour_by, title = _other_axes_label(df, axis, axes) if table is not None else (None, "")
         options = _per_option_panel(panel, df, axis, table, metric, ok, rng, colour_by=colour_by)
         for i, option in enumerate(options):
@@ -235,7 +242,7 @@ def final_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], metric: str,
         panel.grid(alpha=0.3, axis="y")
         if panel.get_legend_handles_labels()[0]:
             panel.legend(fontsize=8, title=title or None, title_fontsize=8)
-    fig.tight_layout()
+    fit_layout(fig)
     return fig
 
 
@@ -247,8 +254,7 @@ def throughput_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: l
     completed = (df["status"] == COMPLETED) & pd.to_numeric(df["tokens_per_s"],
                                                              errors="coerce").notna()
     items = list(tables.items()) or [("all runs", None)]
-    fig = Figure(figsize=(max(11.0, 4.8 * (len(items) + 1)), 4.8))
-    panels = fig.subplots(1, len(items) + 1, squeeze=False)[0]
+    fig, panels = panel_grid(len(items) + 1, panel_width(items))
     rng = np.random.default_rng(0)
     unreliable = (df["tokens_per_s_reliable"] == False) if "tokens_per_s_reliable" in df else None  # noqa: E712
     for panel, (axis, table) in zip(panels, items):
@@ -285,12 +291,12 @@ def throughput_figure(df: pd.DataFrame, tables: dict[str, pd.DataFrame], axes: l
     panel.grid(alpha=0.3)
     if panel.get_legend_handles_labels()[0]:
         panel.legend(fontsize=8, title="mean ± std per option", title_fontsize=8)
-    fig.tight_layout()
+    fit_layout(fig)
     return fig
 
 
-def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
-    """Every figure of a report into `out`; returns the file names written, in report order."""
+def report_figures(f, curves: pd.DataFrame) -> dict[str, Any]:
+    """Every figure of a report, by file name in report order, each drawn when its function is called."""
     from analysis.verdict_plots import differences_figure, tuning_figure
 
     per_axis = f.tables if f.axes else {}
@@ -306,8 +312,13 @@ def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
         figures["scaling.png"] = lambda: scaling_figure(f.ladder)
     if f.tuning is not None:
         figures["tuning.png"] = lambda: tuning_figure(f.tuning)
+    return figures
+
+
+def draw_all(f, curves: pd.DataFrame, out: Path) -> list[str]:
+    """Every figure of a report into `out`; returns the file names written, in report order."""
     written = []
-    for name, make in figures.items():
+    for name, make in report_figures(f, curves).items():
         save_figure(make(), out / name)
         written.append(name)
     return written

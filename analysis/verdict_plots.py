@@ -7,6 +7,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
+from analysis.layout import fit_layout, panel_grid
 from analysis.plots import COLOURS, label
 
 
@@ -15,11 +16,7 @@ def differences_figure(f) -> Figure:
     difference with its 95 % CI (black) and the per-seed differences (dots, paired tests only);
     the dashed line at 0 is the baseline. Verdict words under each option."""
     axes = [a for a in f.axes if a in f.info] or ["(no axis)"]
-    fig = Figure(figsize=(max(6.0, 1.2 * max(len(f.info.get(a, {}).get("options", [])) for a in axes) + 2)
-                          * min(len(axes), 2), 4.8 * math.ceil(len(axes) / 2)))
-    panels = fig.subplots(math.ceil(len(axes) / 2), min(len(axes), 2), squeeze=False).ravel()
-    for panel in panels[len(axes):]:
-        panel.set_visible(False)
+    fig, panels = panel_grid(len(axes), max(6.0, 1.2 * max(len(f.info.get(a, {}).get("options", [])) for a in axes) + 2))
     for panel, axis in zip(panels, axes):
         mine = [c for c in f.comparisons if c.axis == axis]
         if not mine:
@@ -51,7 +48,7 @@ def differences_figure(f) -> Figure:
         panel.set_title(f"{axis}: below 0 favours the option (lower {f.metric} is better)")
         panel.grid(alpha=0.3, axis="y")
         panel.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    fit_layout(fig)
     return fig
 
 
@@ -92,5 +89,5 @@ def tuning_figure(tuning) -> Figure:
     panel.set_title("Tuning: one curve per variant; star = the value its verdict runs used; x = failed")
     panel.grid(alpha=0.3)
     panel.legend(fontsize=8)
-    fig.tight_layout()
+    fit_layout(fig)
     return fig
