@@ -38,7 +38,11 @@ def differences_figure(f) -> Figure:
                 labelled.add("mean")
             word = "did not learn" if c.did_not_learn else c.verdict
             colour = {"better": "tab:green", "worse": "tab:red", "unstable": "tab:orange"}.get(word, "dimgrey")
-            panel.annotate(word.replace("no detectable difference", "no detectable\ndifference"),
+            text = word.replace("no detectable difference", "no detectable\ndifference")
+            if c.unstable:  # the divergences are the finding: say whose and how many under the word
+                text += (f"\n{c.diverged} of {c.n_outcomes} diverged" if c.diverged else
+                         f"\nbaseline: {c.diverged_baseline} of {c.n_outcomes_baseline} diverged")
+            panel.annotate(text,
                            (i, 0.02), xycoords=("data", "axes fraction"), ha="center", fontsize=8,
                            color=colour)
         panel.set_xticks(range(len(mine)), [c.option for c in mine])
@@ -47,7 +51,7 @@ def differences_figure(f) -> Figure:
         panel.set_ylabel(f"difference in {label(f.metric)}")
         panel.set_title(f"{axis}: below 0 favours the option (lower {f.metric} is better)")
         panel.grid(alpha=0.3, axis="y")
-        panel.legend(fontsize=8, loc="upper right")
+        panel.legend(fontsize=8, loc="best")  # the corner with the least data under it
     fit_layout(fig)
     return fig
 
