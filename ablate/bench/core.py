@@ -20,6 +20,7 @@ from torch import nn
 from ablate.bench.configs import Shape, preset_config
 from ablate.bench.machine import synchronize
 from ablate.bench.memory import measure_memory
+from components.knobs import typed
 
 MIB = 2 ** 20
 
@@ -96,7 +97,6 @@ class Candidate:
 
 
 def our_objective(cfg) -> Callable:
-    from ablate.config import typed
     from ablate.train import loss_terms
 
     terms = typed(cfg).z_loss.build()
@@ -132,7 +132,6 @@ def make_candidate(name: str, kind: str, shape_name: str, shape: Shape, dtype: s
     """Our preset (kind ours/option) or a peer, on `device`, with the optimizer the training loop makes.
     `cfg` (a composed config) replaces preset + shape + extra_overrides."""
     from ablate import accounting
-    from ablate.config import typed
 
     base = PEER_OF.get(name, preset) if kind == "peer" else preset
     cfg = preset_config(base, shape, list(extra_overrides)) if cfg is None else cfg

@@ -43,9 +43,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ablate.config import typed
 from ablate.model import Transformer
 from components.ffn import hidden_size
+from components.knobs import typed
 
 INSTALL_HINT = "pip install transformers (or pip install -e '.[dev]')"
 
