@@ -132,11 +132,11 @@ def run_job(cfg: DictConfig) -> float:
 
 def run_locked(cfg: DictConfig, job: Job) -> float:
     from ablate import validate
-    from ablate.checkpoint import check_run_dir
+    from ablate.rundir import plan_run_dir
 
     hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
     try:
-        plan = check_run_dir(run_dir, cfg, multirun=multirun)
+        plan = plan_run_dir(run_dir, cfg, multirun=multirun)
     except validate.ConfigError as error:
         return job.refused(cfg, error)
     if plan.action == "skip":

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from analysis.plots import COLOURS, label
+from analysis.figure_style import COLOURS, label
 
 
 def differences_figure(f) -> Figure:
