@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ablate.config import typed
 from ablate.model import Transformer
 from components.counting import inactive_params, matmul_weights, n_params, score_flops
+from components.knobs import typed
 
 
 def counts_of(model: Transformer) -> dict[str, Any]:

@@ -13,17 +13,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ablate.errors import DataError
 from ablate.files import atomic_write_bytes
+
+CACHE_HINT = ("set ABLATE_CACHE to a writable directory of your own (e.g. ABLATE_CACHE=$HOME/ablate-cache); "
+              "without it the cache is $XDG_CACHE_HOME/ablate, else ~/.cache/ablate")
 
 SPLITS = ("train", "val")
 FULL_HASH_LIMIT = 64 << 20
 SAMPLED_BLOCKS, BLOCK = 256, 64 << 10
 CHECKSUM = "blake2b-sampled/1"
+
+
+
+def cache_dir() -> Path:
+    """$ABLATE_CACHE (else $XDG_CACHE_HOME/ablate, else ~/.cache/ablate), created; a DataError naming
+    ABLATE_CACHE when it cannot be."""
+    root = os.environ.get("ABLATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ablate"
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"the cache path {path} is a file, not a directory; {CACHE_HINT}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the cache directory {path} ({error.strerror}); {CACHE_HINT}.") from None
+    return path
 
 
 def content_checksum(path: Path, dtype: np.dtype) -> tuple[str, int]:

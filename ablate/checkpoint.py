@@ -4,7 +4,7 @@ A checkpoint holds only tensors, numbers, strings and plain containers (the RNG 
 and as numpy's plain-int state), so it is loaded with `torch.load(weights_only=True)`: a file that
 would need to run code to load (a malicious pickle, or a checkpoint of an older ablate that pickled
 objects) is refused naming the file, and nothing in it runs. What a run directory may be used for
-(fresh, resume, skip, refuse) is decided in `ablate.rundir`.
+(fresh, resume, skip, refuse) is decided in `ablate.rundir.plan_run_dir`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from ablate.config import structured
 from ablate.files import atomic_output
-from ablate.validate import ConfigError
+from ablate.errors import ConfigError
 from components.registry import AXES
 
 # What a checkpoint's weights and data position depend on: the model's shape and every axis that
@@ -72,13 +72,6 @@ def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
             f"{path} is not a checkpoint of this ablate (format {found!r}, expected {FORMAT!r}"
             f"{'; missing ' + ', '.join(missing[:5]) if missing else ''}). {damaged}")
     return state
-
-
-def check_run_dir(run_dir: Path, cfg: DictConfig, multirun: bool = False):
-    """What training into `run_dir` may do (`ablate.rundir.plan`); raises ConfigError when it would lose results."""
-    from ablate.rundir import plan
-
-    return plan(Path(run_dir), cfg, multirun=multirun)
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, DictConfig, Any]:

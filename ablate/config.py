@@ -5,12 +5,12 @@ whose type is the chosen option's own Config (`conf/<axis>/<option>.yaml` extend
 `/schema/<axis>/<option>`, which registration stored), so an unknown knob, a knob of another
 option or a wrong type fails at composition. Next to them sit the plain sections: the model's
 shape (`model`), the training loop (`train`), how a sweep report compares runs (`compare`) and
-the scale ladder a run belongs to (`ladder`, ablate/ladder.py; empty unless `+ladder=NAME`).
+the scale ladder a run belongs to (`ladder`, applied by ablate/ladder.py; empty unless `+ladder=NAME`).
 A knob states its allowed values once, on its field (`components.knobs.knob`); `ablate.validate`
 checks every value against it.
 
-Importing this module registers every axis: the model's (package `components`) and the
-training side's (data, tokenizer, optim, schedule, logger, in their `ablate` modules).
+This module only assembles: the axes are registered by `ablate.axes` (imported first, since the
+schema has a field per registered axis) and typed objects come from `components.knobs.typed`.
 """
 from __future__ import annotations
 
@@ -24,16 +24,13 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-import components  # noqa: F401,I001  (registers the model's axes first: the order of a composed config)
-import ablate.data  # noqa: F401  (registers data)
-import ablate.tokenizer  # noqa: F401  (registers tokenizer)
-import ablate.optim  # noqa: F401  (registers optim)
-import ablate.schedules  # noqa: F401  (registers schedule)
-import ablate.loggers  # noqa: F401  (registers logger)
-from components.knobs import knob, typed  # noqa: F401  (typed is re-exported: ablate.config.typed)
+import ablate.axes  # noqa: F401  (registers every axis: the schema below has a field per axis)
+from ablate import plugins
+from components.knobs import knob
 from components.registry import AXES, config_of
 from components.shape import ModelConfig
-from ablate.ladder import LadderConfig
+
+LR_RULES = ("inverse_width", "constant")  # how ablate/ladder.py scales optim.lr from rung to rung
 
 
 @dataclass
@@ -75,6 +72,27 @@ class CompareConfig:
                       "only choose the tuned values and never enter the verdict")
 
 
+@dataclass
+class LadderConfig:
+    """The `ladder` section: empty (no ladder) unless `+ladder=NAME` fills it."""
+
+    name: Optional[str] = None
+    rung: Optional[int] = knob(None, ge=0, doc="which size of the ladder this run trains (an index into "
+                                               "ladder.widths); null = no ladder")
+    widths: List[int] = field(default_factory=list)  # d_model of each rung, smallest first (checked in `rungs`)
+    aspect_ratio: int = knob(32, ge=1, doc="d_model / n_layers at every rung")
+    head_dim: int = knob(32, ge=1, doc="d_model / n_heads at every rung")
+    tokens_per_param: float = knob(1.0, gt=0, doc="training tokens per non-embedding parameter "
+                                                  "(12 n_layers d_model^2) of the rung")
+    lr_rule: str = knob("inverse_width", choices=LR_RULES,
+                        doc="inverse_width: optim.lr x lr_reference_width / d_model; constant: optim.lr at every rung")
+    lr_reference_width: int = knob(128, ge=1, doc="the width at which optim.lr applies as given")
+    warmup_fraction: Optional[float] = knob(0.1, ge=0, le=1, doc="schedule.warmup_steps = this x the rung's "
+                                                                 "steps; null = keep schedule.warmup_steps")
+    reference_lr: Optional[float] = knob(None, gt=0, doc="optim.lr as given (the rate at lr_reference_width), "
+                                                         "recorded when the rung is applied: leave it null")
+
+
 def axis_fields() -> list[tuple[str, Any, Any]]:
     """One field per registered axis, typed by the chosen option's Config at composition."""
     return [(name, Any, field(default=MISSING)) for name in AXES]
@@ -92,13 +110,7 @@ Config = dataclasses.make_dataclass(
 ConfigStore.instance().store(group="schema", name="config", node=Config)
 
 
-def _expose_plugins() -> None:
-    from ablate.plugins import expose
-
-    expose()  # hydra/sweeper=ablate_tuned (hydra_plugins/), before Hydra scans for plugins
-
-
-_expose_plugins()
+plugins.expose()  # hydra/sweeper=ablate_tuned (hydra_plugins/), before Hydra scans for plugins
 
 
 def structured(tree: dict | DictConfig, base: DictConfig | None = None) -> DictConfig:

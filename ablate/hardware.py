@@ -27,7 +27,8 @@ from typing import Callable
 
 import torch
 
-from ablate.data import atomic_write_bytes, cache_dir
+from ablate.cache_files import cache_dir
+from ablate.files import atomic_write_bytes
 
 _IMPORTED_AT = time.monotonic()  # origin of process_age_s where /proc is missing
 

@@ -10,50 +10,54 @@ skipped, so re-running a sweep command finishes what is missing. The run directo
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import sys
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ablate import feedback, ladder, validate
+from ablate.ensemble.train import GroupJob
+from ablate.errors import ConfigError, DataError
+from ablate.files import atomic_write_bytes, is_disk_full, write_summary_file
+from ablate.rundir import FINISHED, Plan, holds_results, plan_run_dir, read_summary
+from ablate.runlock import RunDirBusy, hold
+from ablate.train import train
 
 EXIT_BAD_CONFIG = 2
 EXIT_DISK_FULL = 1
 EXIT_INTERRUPTED = 130  # a stop request (SIGTERM, SIGUSR1, Ctrl-C): the process and its sweep end here
 REFUSALS = "refused_jobs.jsonl"  # in the sweep directory: jobs a sweep refused, never in another run's files
-DEFERRED = "deferred"  # a job's return value while a batched launcher holds it for training with others
 
 
 @dataclass
 class Deferral:
     """Jobs accepted for training (validated, run directory planned, locked, .hydra/ written) that a batched
-    launcher trains afterwards, together (hydra_plugins/ablate_batched_launcher). `locks` holds their run
-    directories' locks from the job's first check until the launcher has trained them."""
+    launcher trains afterwards, together (hydra_plugins/ablate_batched_launcher), which it hands to each job
+    (`run_job(cfg, deferral)`). `locks` holds their run directories' locks from the job's first check until
+    the launcher has trained them."""
 
     locks: ExitStack
-    jobs: list[Any] = field(default_factory=list)  # ablate.ensemble.train.GroupJob, with the job's number
+    jobs: list[GroupJob] = field(default_factory=list)  # each with its Job (job.job), so with its number
 
+    def accept(self, cfg: DictConfig, job: Job, plan: Plan, choices: dict[str, str], group: str | None) -> None:
+        """Take the job, ready to train; its lock stays held until the launcher is done."""
+        self.locks.enter_context(hold(job.run_dir))  # (re-entrant) kept until the launcher has trained it
+        self.jobs.append(GroupJob(cfg, job.run_dir, plan, choices, job.overrides, group, feedback.take_job_start(),
+                                  job=job))
 
-_deferral: Deferral | None = None
-
-
-@contextmanager
-def deferring(locks: ExitStack) -> Iterator[Deferral]:
-    """While active, a job that would start training is handed to the yielded Deferral instead."""
-    global _deferral
-    _deferral = Deferral(locks)
-    try:
-        yield _deferral
-    finally:
-        _deferral = None
+    def holds(self, job_num: int) -> bool:
+        """Whether the job numbered `job_num` (hydra.job.num) was handed over for training."""
+        return any(taken.job.hydra_cfg.job.num == job_num for taken in self.jobs)
 
 
 def refuse(message: str, run_dir: Path, ours: bool = False) -> None:
@@ -78,9 +82,6 @@ class Job:
 
     def refused(self, cfg: DictConfig, error: Exception) -> float:
         """A single run exits 2; a sweep records the refusal and goes on."""
-        from ablate.rundir import holds_results
-        from ablate.runlock import RunDirBusy, hold
-
         try:
             with hold(self.run_dir):  # (re-entrant) nobody else may be writing there while this job cleans up
                 if not self.multirun:
@@ -100,9 +101,6 @@ class Job:
 
     def log_refusal(self, reason: str) -> None:
         """One JSON line in SWEEP_DIR/refused_jobs.jsonl (appended with a single write)."""
-        import json
-        import time
-
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "job": self.hydra_cfg.job.num,
                            "run_dir": str(self.run_dir), "overrides": self.overrides, "reason": reason}) + "\n"
         sweep_dir = Path(self.hydra_cfg.sweep.dir)
@@ -111,42 +109,35 @@ class Job:
             handle.write(line)
 
 
-def run_job(cfg: DictConfig) -> float:
-    """Train one job; returns its final validation loss (inf when it has none) for sweepers that optimize."""
-    from ablate import ladder, validate
-    from ablate.runlock import RunDirBusy, hold
-
+def run_job(cfg: DictConfig, deferral: Deferral | None = None) -> float:
+    """Train one job; returns its final validation loss (inf when it has none) for sweepers that optimize.
+    With a `deferral` (a batched launcher's), a job accepted for training is handed to it instead of trained,
+    and returns inf: its loss is the launcher's to report once the group has trained."""
     job = Job(HydraConfig.get())
     try:
         ladder.apply(cfg, job.overrides)  # +ladder=NAME: the rung sets the model's size and budget, once, here
         validate.check(cfg)
-    except validate.ConfigError as error:
+    except ConfigError as error:
         return job.refused(cfg, error)
     try:
         with hold(job.run_dir):  # one process per run directory, from here to the end of training
-            return run_locked(cfg, job)
+            return run_locked(cfg, job, deferral)
     except RunDirBusy as error:  # another process trains there: stop this one (and its sweep) at once
         print(f"\nablate: refused before training: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
 
 
-def run_locked(cfg: DictConfig, job: Job) -> float:
-    from ablate import validate
-    from ablate.checkpoint import check_run_dir
-
+def run_locked(cfg: DictConfig, job: Job, deferral: Deferral | None = None) -> float:
     hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
     try:
-        plan = check_run_dir(run_dir, cfg, multirun=multirun)
-    except validate.ConfigError as error:
+        plan = plan_run_dir(run_dir, cfg, multirun=multirun)
+    except ConfigError as error:
         return job.refused(cfg, error)
     if plan.action == "skip":
         loss = plan.summary.get("final_val_loss")
         print(f"ablate: {run_dir} already holds this run ({plan.summary.get('status')}, final val loss {loss}); "
               f"skipped")
         return math.inf if loss is None or plan.summary.get("status") != "completed" else loss
-
-    from ablate.train import train
-
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
                if v is not None and not k.startswith("hydra") and k != "schema"}
     group = str(Path(hydra_cfg.sweep.dir)) if multirun else None
@@ -155,8 +146,9 @@ def run_locked(cfg: DictConfig, job: Job) -> float:
             save_hydra_files(run_dir, cfg, hydra_cfg)
         if cfg.train.threads is None:
             cfg.train.threads = threads_per_job(hydra_cfg.launcher)
-        if _deferral is not None:  # trained by the batched launcher, with the other jobs of its group
-            return defer(cfg, job, plan, choices, group)
+        if deferral is not None:  # trained by the batched launcher, with the other jobs of its group
+            deferral.accept(cfg, job, plan, choices, group)
+            return math.inf
         outcome = train(cfg, run_dir, choices=choices, overrides=job.overrides, group=group, plan=plan)
     except Exception as error:  # noqa: BLE001  (conclude() sorts refusals, a full disk and failures)
         outcome = error
@@ -168,12 +160,8 @@ def conclude(cfg: DictConfig, job: Job, outcome: dict | Exception, stop_if_inter
     (a refusal, a full disk that ends the sweep, or a failure the sweep records and goes past). An
     interrupted run ends the sweep (`stop_sweep`) unless the caller does that itself, after its other jobs
     (`stop_if_interrupted=False`: a batched ensemble's members all report first)."""
-    from ablate import validate
-    from ablate.data import DataError
-    from ablate.files import is_disk_full
-
     hydra_cfg, run_dir, multirun = job.hydra_cfg, job.run_dir, job.multirun
-    if isinstance(outcome, (validate.ConfigError, DataError)):
+    if isinstance(outcome, (ConfigError, DataError)):
         return job.refused(cfg, outcome)
     if isinstance(outcome, Exception):
         error = outcome
@@ -207,25 +195,9 @@ def stop_sweep(reason: str) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def defer(cfg: DictConfig, job: Job, plan: Any, choices: dict[str, str], group: str | None) -> str:
-    """Hand the job, ready to train, to the active Deferral; its lock stays held until the launcher is done."""
-    from ablate import feedback
-    from ablate.ensemble.train import GroupJob
-    from ablate.runlock import hold
-
-    _deferral.locks.enter_context(hold(job.run_dir))  # (re-entrant) kept until the launcher has trained it
-    _deferral.jobs.append(GroupJob(cfg, job.run_dir, plan, choices, job.overrides, group, feedback.take_job_start(),
-                                   job=job))
-    return DEFERRED
-
-
 def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
     """.hydra/{config,overrides,hydra}.yaml, as Hydra would write them, but only once the config is
     accepted (conf/config.yaml sets hydra.output_subdir=null), so a refused run touches nothing."""
-    from omegaconf import OmegaConf
-
-    from ablate.files import atomic_write_bytes
-
     folder = run_dir / ".hydra"
     for name, node in (("config", cfg), ("overrides", OmegaConf.create(list(hydra_cfg.overrides.task))),
                        ("hydra", OmegaConf.create({"hydra": hydra_cfg}))):
@@ -250,9 +222,6 @@ def threads_per_job(launcher: DictConfig) -> int | None:
 def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
     """summary.json saying `failed` and why, for a job that failed before training wrote its own; never over
     the summary of a run that finished."""
-    from ablate.files import write_summary_file
-    from ablate.rundir import FINISHED, read_summary
-
     if (read_summary(run_dir) or {}).get("status") in FINISHED:
         print(f"ablate: {run_dir} holds a finished run; the failure is not recorded there: {error}", file=sys.stderr)
         return

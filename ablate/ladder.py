@@ -21,41 +21,21 @@ constant per rung and variant.
 
 `apply(cfg, overrides)` writes the rung into a composed config. ablate/job.py calls it once per job,
 before the config is checked and saved, so `.hydra/config.yaml`, the checkpoint and the report all
-see the rung's real shape and budget. Torch-free.
+see the rung's real shape and budget. Its schema, the `ladder` section, is `ablate.config.LadderConfig`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, open_dict
 
-from ablate.validate import ConfigError
-from components.knobs import knob, problems
+from ablate.config import compose
+from ablate.errors import ConfigError
+from components.knobs import problems
 
-LR_RULES = ("inverse_width", "constant")
 RUNG_KEY = "ladder.rung"
-
-
-@dataclass
-class LadderConfig:
-    """The `ladder` section: empty (no ladder) unless `+ladder=NAME` fills it."""
-
-    name: Optional[str] = None
-    rung: Optional[int] = knob(None, ge=0, doc="which size of the ladder this run trains (an index into "
-                                               "ladder.widths); null = no ladder")
-    widths: List[int] = field(default_factory=list)  # d_model of each rung, smallest first (checked in `rungs`)
-    aspect_ratio: int = knob(32, ge=1, doc="d_model / n_layers at every rung")
-    head_dim: int = knob(32, ge=1, doc="d_model / n_heads at every rung")
-    tokens_per_param: float = knob(1.0, gt=0, doc="training tokens per non-embedding parameter "
-                                                  "(12 n_layers d_model^2) of the rung")
-    lr_rule: str = knob("inverse_width", choices=LR_RULES,
-                        doc="inverse_width: optim.lr x lr_reference_width / d_model; constant: optim.lr at every rung")
-    lr_reference_width: int = knob(128, ge=1, doc="the width at which optim.lr applies as given")
-    warmup_fraction: Optional[float] = knob(0.1, ge=0, le=1, doc="schedule.warmup_steps = this x the rung's "
-                                                                 "steps; null = keep schedule.warmup_steps")
-    reference_lr: Optional[float] = knob(None, gt=0, doc="optim.lr as given (the rate at lr_reference_width), "
-                                                         "recorded when the rung is applied: leave it null")
 
 
 @dataclass(frozen=True)
@@ -173,10 +153,6 @@ def describe(cfg: DictConfig) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ablate.ladder NAME [overrides]`: the rungs a ladder trains, without training."""
-    import sys
-
-    from ablate.config import compose
-
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         print("usage: python -m ablate.ladder NAME [KEY=VALUE ...]   (NAME: a file of conf/ladder/)", file=sys.stderr)

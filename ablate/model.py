@@ -14,8 +14,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ablate.config import typed
 from components.attention import SelfAttention
+from components.knobs import typed
 from components.layers import dropout as dropout_layer
 
 

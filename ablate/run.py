@@ -6,6 +6,7 @@ Flags such as `-m` may stand anywhere on the line (ablate.cli moves them before 
 """
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the project root importable, not ablate/ itself
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -24,12 +25,14 @@ JOBS_STARTED = []  # Hydra exits 1 also for a config it cannot compose; before a
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig, deferral: Any = None) -> float:
+    """One job (ablate.job.run_job). `deferral`: an ablate.job.Deferral, passed by hydra/launcher=batched,
+    which trains the jobs it accepts together afterwards."""
     feedback.mark_job_start()
-    from ablate.job import run_job
+    from ablate.job import run_job  # torch and the training code: only once a job runs, not for --help
 
     JOBS_STARTED.append(True)
-    return run_job(cfg)
+    return run_job(cfg, deferral)
 
 
 def cli() -> None:

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from ablate.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint
-from ablate.config import typed
 from ablate.data import TokenizedCorpus
 from ablate.distributed import World
 from ablate.hardware import Workload, choose_precision
 from ablate.model import Transformer
+from components.knobs import typed
 from components.losses import cross_entropy
 from components.registry import axes
 

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.checkpoint import ARCHITECTURE_KEYS, CHECKPOINT, read_checkpoint
-from ablate.validate import ConfigError
+from ablate.errors import ConfigError
 
 FINISHED = ("completed", "diverged")  # results in their own right: never overwritten
 # Keys that change how a run is executed or logged, not what it computes: a re-run that differs only
@@ -87,7 +87,8 @@ class Plan:
                               f"data it was trained on, or train in a new hydra.run.dir.")
 
 
-def plan(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> Plan:
+def plan_run_dir(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> Plan:
+    """What training into `run_dir` may do; raises ConfigError when it would lose results."""
     checkpoint, summary = run_dir / CHECKPOINT, read_summary(run_dir)
     status = (summary or {}).get("status")
     if cfg.train.resume == "never" and holds_results(run_dir):

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ablate import accounting, distributed, feedback, validate
-from ablate.checkpoint import check_run_dir
 from ablate.data import TokenizedCorpus, prepare
 from ablate.distributed import World
 from ablate.evaluation import eval_interval, step_zero_record
@@ -35,7 +34,8 @@ from ablate.machine_load import MachineLoad
 from ablate.metrics_file import MetricsFile, kill_point
 from ablate.preemption import StopRequest
 from ablate.run_state import Run, lm_loss, loss_terms  # noqa: F401  (lm_loss, loss_terms: re-exported)
-from ablate.rundir import Plan
+from ablate.errors import ConfigError
+from ablate.rundir import Plan, plan_run_dir
 from ablate.runlock import locked_run_dir
 from ablate.summary import RunSummary, provenance
 from components.registry import config_of
@@ -201,7 +201,7 @@ def setup(cfg: DictConfig, run_dir: Path, plan: Plan | None, choices: dict[str, 
         run_dir = adopt_main_run_dir(world, run_dir)
         check_divisible_batch(cfg, world)
     if plan is None or world.size > 1:  # fresh, resume or skip; refuses what would lose results
-        plan = check_run_dir(run_dir, cfg)
+        plan = plan_run_dir(run_dir, cfg)
     if plan.action == "skip":
         print(f"ablate: {run_dir} already holds this run, {plan.summary['status']}; nothing to train")
         return plan.summary
@@ -294,7 +294,7 @@ def adopt_main_run_dir(world: World, own: Path) -> Path:
 def check_divisible_batch(cfg: DictConfig, world: World) -> None:
     per_step = cfg.train.grad_accum * world.size
     if cfg.train.batch_size % per_step:
-        raise validate.ConfigError(
+        raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} cannot be split over {world.size} processes x "
             f"train.grad_accum={cfg.train.grad_accum} micro-steps: it must be a multiple of {per_step}.")
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from ablate.errors import ConfigError
 from components.knobs import problems, typed
 from components.registry import AXES, UnknownOption, lookup
-
-
-class ConfigError(ValueError):
-    """A config that cannot be trained; str(error) is the whole user-facing message."""
 
 
 def divisors(n: int) -> list[int]:

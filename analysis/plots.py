@@ -15,29 +15,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from scipy import stats
 
 from ablate.files import atomic_output
 from analysis.collect import RUNNING
+from analysis.figure_style import COLOURS, label
 from analysis.layout import fit_layout, panel_grid
 from analysis.stats import COMPLETED, DIVERGED, usable
 
 MAX_CONFIG_COLOURS = 10  # beyond this, colour by the first axis only: more is unreadable
 CURVE_COLUMN = {"final_val_loss": "val_loss", "val_bpb": "val_bpb"}
-LABELS = {
-    "val_loss": "validation loss (nats/token)",
-    "final_val_loss": "final validation loss (nats/token)",
-    "val_bpb": "validation bits per byte",
-    "tokens_per_s": "training throughput (tokens/s)",
-}
-COLOURS = colormaps["tab10"]
-
-
-def label(column: str) -> str:
-    return LABELS.get(column, column.replace("_", " "))
 
 
 def to_png(fig: Figure, dpi: int = 110) -> bytes:

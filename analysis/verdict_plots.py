@@ -7,8 +7,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
+from analysis.figure_style import COLOURS, label
 from analysis.layout import fit_layout, panel_grid
-from analysis.plots import COLOURS, label
 
 
 def differences_figure(f) -> Figure:

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ablate.accounting import count
-from ablate.config import typed
 from ablate.model import Transformer
 from ablate.train import loss_terms
 from ablate.validate import ConfigError, check
+from components.knobs import typed
 from components.registry import axes
 from tests.conftest import ROOT, compose
 

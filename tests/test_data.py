@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ablate import data
-from ablate.config import typed
 from ablate.data import (DataError, TokenizedCorpus, download, download_sdist, prepare, split_documents,
                          unigram_loss)
 from ablate.tokenizer import EOT, EOT_ID, BPETokenizer, ByteTokenizer, Tokenizer
+from components.knobs import typed
 from components.registry import option
 from tests.conftest import POEMS, ROOT, TINY, compose
 

@@ -14,8 +14,8 @@ import torch
 from ablate import hardware
 from ablate.loggers import WandbLogger
 from ablate.model import Transformer
-from ablate.config import typed
 from ablate.train import train
+from components.knobs import typed
 from components.registry import option
 from tests.conftest import TINY, compose
 

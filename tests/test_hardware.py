@@ -243,7 +243,7 @@ def test_a_corrupt_step_cache_file_is_measured_again_and_replaced(probe_log, ste
 def test_the_real_step_probe_times_both_dtypes_and_leaves_the_run_untouched():
     """The run's weights, gradients and random streams are the same after the probe as before: a run whose
     decision was measured trains exactly as one whose decision came from the cache."""
-    from ablate.config import typed
+    from components.knobs import typed
     from ablate.model import Transformer
     from ablate.run_state import step_workload
     from tests.conftest import compose

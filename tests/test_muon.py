@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ablate.checkpoint import CHECKPOINT, read_checkpoint
-from ablate.config import typed
 from ablate.model import Transformer
 from ablate.optim import hidden_matrices
 from ablate.train import train
 from ablate.validate import ConfigError, check
+from components.knobs import typed
 from tests.conftest import TINY, compose
 
 VOCAB = 97

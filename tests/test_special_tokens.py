@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablate.config import typed
 from ablate.tokenizer import EOT, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
 from ablate.validate import ConfigError, check
+from components.knobs import typed
 from tests.conftest import POEMS, compose
 
 CHAT = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -10,9 +10,9 @@ import torch
 
 from ablate import load_run
 from ablate.accounting import count
-from ablate.config import typed
-from components.registry import option
 from ablate.train import train
+from components.knobs import typed
+from components.registry import option
 from tests.conftest import ROOT, TINY, compose
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's core: one benchmarked model (`Candidate`), its batches, and the interleaved run.
+"""The benchmark's core: building each benchmarked model (a `Candidate`), its batches, and the interleaved run.
 
 What one step is, for every model alike: zero_grad, forward, next-token cross-entropy (ours: the whole
 training objective of `ablate.train.loss_terms`), backward, gradient clipping at 1.0, and the `optim`
@@ -8,18 +8,15 @@ their final losses agree, which shows that the peers compute the same function.
 """
 from __future__ import annotations
 
-import contextlib
-import statistics
-import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ablate.bench.candidate import Candidate
 from ablate.bench.configs import Shape, preset_config
-from ablate.bench.machine import synchronize
 from ablate.bench.memory import measure_memory
+from components.knobs import typed
 
 MIB = 2 ** 20
 
@@ -27,76 +24,11 @@ MIB = 2 ** 20
 PRESETS = ("gpt2", "llama")
 PEERS = ("nanogpt", "hf_gpt2", "hf_llama")
 PEER_OF = {"nanogpt": "gpt2", "hf_gpt2": "gpt2", "hf_llama": "llama"}  # peer -> the preset it mirrors
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 SEED = 0
-GRAD_CLIP = 1.0
 # Extra overrides for the --data section's corpus (tests point it at a small text corpus).
 DATA_OVERRIDES: tuple[str, ...] = ()
 
-# ------------------------------------------------------------------------------------------------
-# one benchmarked model
-@dataclass
-class Candidate:
-    """A model, its optimizer and what the bench measured of it."""
-
-    name: str
-    kind: str  # ours | peer | option
-    shape: str
-    dtype: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    flops_per_token: int
-    params: int
-    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-    device: torch.device
-    tokens_per_step: int
-    extra: dict[str, Any] = field(default_factory=dict)
-    step_s: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    peak_bytes: int | None = None
-    final_loss: float | None = None
-
-    def autocast(self):
-        amp = DTYPES[self.dtype]
-        return torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One training step; returns its wall time in seconds (device synchronized)."""
-        synchronize(self.device)
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = self.objective(self.model, self.model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.optimizer.step()
-        synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        self.losses.append(loss.item())
-        return elapsed
-
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Cross-entropy on a held-out batch, computed in fp32 whatever the training dtype."""
-        from ablate.train import lm_loss
-
-        self.model.eval()
-        loss = lm_loss(self.model(x), y).item()
-        self.model.train()
-        return loss
-
-    @property
-    def median_step_s(self) -> float | None:
-        return statistics.median(self.step_s) if self.step_s else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        median = self.median_step_s
-        return self.tokens_per_step / median if median else None
-
-
 def our_objective(cfg) -> Callable:
-    from ablate.config import typed
     from ablate.train import loss_terms
 
     terms = typed(cfg).z_loss.build()
@@ -132,7 +64,6 @@ def make_candidate(name: str, kind: str, shape_name: str, shape: Shape, dtype: s
     """Our preset (kind ours/option) or a peer, on `device`, with the optimizer the training loop makes.
     `cfg` (a composed config) replaces preset + shape + extra_overrides."""
     from ablate import accounting
-    from ablate.config import typed
 
     base = PEER_OF.get(name, preset) if kind == "peer" else preset
     cfg = preset_config(base, shape, list(extra_overrides)) if cfg is None else cfg

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
+from ablate.bench.candidate import DTYPES, GRAD_CLIP
 from ablate.bench.configs import SHAPES
-from ablate.bench.core import (DTYPES, GRAD_CLIP, PEER_OF, PEERS, PRESETS, SEED, compiled, make_batches,
-                               make_candidate, row_of, run_interleaved)
+from ablate.bench.core import PEER_OF, PEERS, PRESETS, SEED, compiled, make_batches, make_candidate, row_of, run_interleaved
 from ablate.bench.machine import CpuLoad, machine_info, matmul_peak
 from ablate.bench.memory import MEMORY_NOTE
 

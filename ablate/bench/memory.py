@@ -13,14 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING
-
 import torch
 
+from ablate.bench.candidate import Candidate
 from ablate.bench.machine import synchronize
-
-if TYPE_CHECKING:
-    from ablate.bench.core import Candidate
 
 MEMORY_NOTE = ("peak MiB: the most live torch tensor memory during a model's first two steps (parameters, "
                "gradients, AdamW state, activations, temporaries); CPU: allocator events under torch.profiler, "

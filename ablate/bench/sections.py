@@ -45,7 +45,7 @@ def component_axes() -> list[str]:
 
 def bench_components(args, device, notes) -> list[dict]:
     """Every option of every architecture axis against the default config, one interleaved run."""
-    from ablate.validate import ConfigError
+    from ablate.errors import ConfigError
 
 
     shape_name = args.shapes[0] if args.shapes_given else "A"

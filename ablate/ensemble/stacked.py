@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.model import Transformer
 from components.ffn import GatedMLP
+from components.knobs import typed
 from components.norms import RMSNorm
 from components.positional import LearnedPositions
 
@@ -179,9 +181,6 @@ def why_not_batchable(cfg: Any) -> str | None:
     Checks what the config says (dropout, compile) and then the model itself, built on the meta device
     (no memory, no time): every module with parameters needs a stacked form, nothing may mix the rows of
     members (a router's load-balancing loss over the batch)."""
-    from ablate.config import typed
-    from ablate.model import Transformer
-
     if cfg.model.dropout > 0:
         return (f"model.dropout={cfg.model.dropout}: dropout masks come from one random stream per process, so "
                 f"an ensemble cannot reproduce each member's own masks")

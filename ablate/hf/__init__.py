@@ -1,10 +1,11 @@
-"""Hugging Face transformers, both ways: `to_hf(model, cfg)` and `hf_tokenizer(tokenizer)` in
-`ablate.hf.export`, `from_hf(hf_model_or_path)` in `ablate.hf.imports`; `python -m ablate.export_hf
+"""Hugging Face transformers, both ways: `to_hf(model, cfg)` in `ablate.hf.export`, `hf_tokenizer(tokenizer)`
+in `ablate.hf.tokenizer`, `from_hf(hf_model_or_path)` in `ablate.hf.imports`, the errors in `ablate.hf.errors`; `python -m ablate.export_hf
 RUN_DIR OUT_DIR` writes a trained run as a transformers folder. transformers is an optional extra,
 imported only inside these functions."""
-from ablate.hf.export import (NotExpressible, TransformersMissing, hf_family, hf_tokenizer,  # noqa: E402
-                              require_transformers, to_hf)
+from ablate.hf.errors import NotExpressible, TransformersMissing, require_transformers  # noqa: E402
+from ablate.hf.export import hf_family, to_hf  # noqa: E402
 from ablate.hf.imports import from_hf  # noqa: E402
+from ablate.hf.tokenizer import hf_tokenizer  # noqa: E402
 
 __all__ = ["NotExpressible", "TransformersMissing", "from_hf", "hf_family", "hf_tokenizer", "require_transformers",
            "to_hf"]

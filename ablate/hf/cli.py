@@ -3,7 +3,7 @@
 Loads the run (`ablate.load_run`), converts it exactly (`ablate.hf.export.to_hf`: Llama, Mistral, Mixtral,
 Gemma 2 or GPT-2, whichever computes the same function), and writes `save_pretrained(OUT_DIR)`
 (config.json, model.safetensors, generation_config.json), the run's tokenizer as a transformers fast
-tokenizer with the same ids (tokenizer.json, tokenizer_config.json; `ablate.hf.export.hf_tokenizer`), and the
+tokenizer with the same ids (tokenizer.json, tokenizer_config.json; `ablate.hf.tokenizer.hf_tokenizer`), and the
 original as `ablate_tokenizer.json` (for `ablate.tokenizer.load_tokenizer`). Then
 `AutoModelForCausalLM.from_pretrained(OUT_DIR)` gives the run's logits and
 `AutoTokenizer.from_pretrained(OUT_DIR)` its token ids.
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return refuse(f"{problem} Nothing was written.")
 
-    from ablate.hf.export import NotExpressible, TransformersMissing, require_transformers
+    from ablate.hf.errors import NotExpressible, TransformersMissing, require_transformers
 
     checkpoint = args.run_dir / "checkpoints" / "latest.pt"
     if not checkpoint.is_file():
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ablate import load_run
     from ablate.checkpoint import CheckpointError
-    from ablate.hf.export import hf_tokenizer, to_hf
+    from ablate.hf.export import to_hf
+    from ablate.hf.tokenizer import hf_tokenizer
 
     try:
         model, cfg, tokenizer = load_run(args.run_dir)

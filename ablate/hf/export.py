@@ -33,8 +33,8 @@ Layout notes. Ours fuses q, k, v into one `qkv` Linear ([q; k; v] rows) and gate
 so its weights are transposed. Gemma's RMSNorm multiplies by (1 + w): our gain g = 1 + w.
 RoPE: both use the half-split rotate_half convention, so no permutation is needed.
 
-`hf_tokenizer(tokenizer)` turns ablate's byte-level BPE into a transformers fast tokenizer with the
-same ids. transformers is imported only inside these functions (it is an optional extra).
+The tokenizer converts in ablate.hf.tokenizer (`hf_tokenizer`). transformers is imported only inside
+these functions (ablate.hf.errors.require_transformers: it is an optional extra).
 """
 from __future__ import annotations
 
@@ -43,20 +43,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ablate.config import typed
+from ablate.hf.errors import NotExpressible, require_transformers
 from ablate.model import Transformer
 from components.ffn import hidden_size
-
-INSTALL_HINT = "pip install transformers (or pip install -e '.[dev]')"
-
-
-class NotExpressible(ValueError):
-    """A config (or HF model) that has no exact counterpart on the other side; str() is the message."""
-
-
-class TransformersMissing(ImportError):
-    pass
-
+from components.knobs import typed
 
 
 def layer_norm_names(family: str) -> dict[str, str]:
@@ -71,16 +61,6 @@ def layer_norm_names(family: str) -> dict[str, str]:
                 "mlp_residual.input_norm": "pre_feedforward_layernorm",
                 "mlp_residual.output_norms.0": "post_feedforward_layernorm"}
     return {"attn_residual.input_norm": "input_layernorm", "mlp_residual.input_norm": "post_attention_layernorm"}
-
-def require_transformers():
-    try:
-        import transformers
-    except ImportError as error:
-        raise TransformersMissing(
-            f"converting to or from Hugging Face needs the optional package `transformers`, which is not "
-            f"installed ({error}). Install it with: {INSTALL_HINT}.") from None
-    return transformers
-
 
 # ------------------------------------------------------------------------------------------------
 # activations: ablate ffn option <-> HF activation name
@@ -321,12 +301,4 @@ def to_hf(model: Transformer, cfg: DictConfig | None = None, *, bos_token_id: in
     return hf_model.float().eval()
 
 
-def hf_tokenizer(tokenizer: Any):
-    """ablate's tokenizer as a transformers fast tokenizer with the same ids (ablate.hf.tokenizer)."""
-    from ablate.hf.tokenizer import hf_tokenizer as convert
-
-    return convert(tokenizer)
-
-
-__all__ = ["NotExpressible", "TransformersMissing", "hf_config", "hf_family", "hf_tokenizer", "require_transformers",
-           "to_hf", "to_hf_state_dict"]
+__all__ = ["hf_config", "hf_family", "to_hf", "to_hf_state_dict"]

@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from ablate.config import compose, structured
-from ablate.hf.export import GATED_FROM_HF, PLAIN_FROM_HF, NotExpressible, layer_norm_names, require_transformers
+from ablate.hf.errors import NotExpressible, require_transformers
+from ablate.hf.export import GATED_FROM_HF, PLAIN_FROM_HF, layer_norm_names
 from ablate.model import Transformer
 from components.ffn import hidden_size
 

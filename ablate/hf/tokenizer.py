@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablate.hf.export import NotExpressible, require_transformers
+from ablate.hf.errors import NotExpressible, require_transformers
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -4,7 +4,8 @@ together in one process, as one batched ensemble (ablate.ensemble).
 Per launch (the whole sweep, or one stage of `hydra/sweeper=ablate_tuned`), the jobs are grouped by their
 composed config with `train.seed` and the `compare.tuned` keys left out. Each group's jobs run through the
 task function as usual, one by one (validation, the run directory's plan and lock, .hydra/), except that a
-job accepted for training is handed back instead of trained (ablate.job.deferring); the group's accepted
+job accepted for training is handed back instead of trained (the launcher passes the task function an
+ablate.job.Deferral, which ablate/run.py hands to ablate.job.run_job); the group's accepted
 jobs then train together (ablate.ensemble.train.train_group) and each job's return value is its own final
 validation loss, as with the basic launcher. A group that cannot be batched (its option has no stacked form,
 dropout, torch.compile, a tuned key that changes the architecture) runs one job after another, with one
@@ -22,6 +23,7 @@ never more than there are units).
 import json
 import logging
 import sys
+import functools
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,8 +215,9 @@ class BatchedLauncher(Launcher):
         # what every unit needs, serialized once for the whole launch
         shared = cloudpickle.dumps((self.hydra_context, self.task_function, self.config, Singleton.get_state()))
 
-        def payload(unit: Unit) -> bytes:
-            return cloudpickle.dumps((shared, [configs[p] for p in unit.positions], unit.together))
+        def payload(unit: Unit) -> bytes:  # what the worker calls (processes.run_unit): the unit's jobs
+            return cloudpickle.dumps(functools.partial(run_in_worker, shared, [configs[p] for p in unit.positions],
+                                                       unit.together))
 
         order = schedule(units)
         processes = Processes(workers, payload)
@@ -237,9 +240,12 @@ class BatchedLauncher(Launcher):
             ablate_job.stop_sweep(processes.stop)
         return returns  # type: ignore[return-value]
 
-    def run_one(self, config: DictConfig) -> JobReturn:
+    def run_one(self, config: DictConfig, deferral: Any = None) -> JobReturn:
+        """The job through the task function; with a `deferral` (ablate.job.Deferral), which the task function
+        passes on to ablate.job.run_job, a job accepted for training is handed to it instead of trained."""
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
-        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+        task = self.task_function if deferral is None else functools.partial(self.task_function, deferral=deferral)
+        ret = run_job(hydra_context=self.hydra_context, task_function=task, config=config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
@@ -251,9 +257,9 @@ class BatchedLauncher(Launcher):
         from ablate.ensemble.train import train_group
 
         with ExitStack() as locks:
-            with ablate_job.deferring(locks) as deferral:
-                returns = [self.run_one(config) for config in configs]
-            deferred = [r for r in returns if r.status.name == "COMPLETED" and r.return_value == ablate_job.DEFERRED]
+            deferral = ablate_job.Deferral(locks)
+            returns = [self.run_one(config, deferral) for config in configs]
+            deferred = [ret for config, ret in zip(configs, returns) if deferral.holds(config.hydra.job.num)]
             if not deferred:
                 return returns
             print(f"ablate: training jobs {', '.join('#' + str(j.job.hydra_cfg.job.num) for j in deferral.jobs)} "
@@ -265,3 +271,16 @@ class BatchedLauncher(Launcher):
         if stopped:  # a stop request checkpointed every member: it ends the sweep, as for a job of its own
             ablate_job.stop_sweep(stopped[0]["error"])
         return returns
+
+
+def run_in_worker(shared: bytes, configs: List[DictConfig], together: bool) -> List[JobReturn]:
+    """In a worker process (processes.py): one unit's jobs through a launcher set up as the one that sent them
+    (as the basic launcher runs jobs one after another in one process, a worker runs its units one after
+    another). `shared`: the launch's hydra context, task function, config and Hydra's Singleton state."""
+    import cloudpickle
+
+    hydra_context, task_function, config, singleton_state = cloudpickle.loads(shared)
+    Singleton.set_state(singleton_state)
+    launcher = BatchedLauncher()
+    launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+    return launcher.run_together(configs) if together else [launcher.run_one(c) for c in configs]

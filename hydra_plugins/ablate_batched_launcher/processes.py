@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 
 from ablate.preemption import SIGNALS
@@ -62,20 +61,14 @@ def schedule(units: Sequence[Unit]) -> List[Unit]:
 
 
 def run_unit(payload: bytes) -> Outcome:
-    """In a worker: one unit's jobs through the launcher's own code (as the basic launcher runs jobs one after
-    another in one process, a worker runs its units one after another)."""
+    """In a worker: one unit's jobs; `payload` is the launcher's call that runs them and returns their JobReturns
+    (batched_launcher.run_in_worker, so this module needs nothing of the launcher)."""
     import cloudpickle
 
-    from hydra_plugins.ablate_batched_launcher.batched_launcher import BatchedLauncher
-
-    shared, configs, together = cloudpickle.loads(payload)
-    hydra_context, task_function, config, singleton_state = cloudpickle.loads(shared)
-    Singleton.set_state(singleton_state)
-    launcher = BatchedLauncher()
-    launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+    unit_jobs = cloudpickle.loads(payload)
     outcome = Outcome()
     try:
-        outcome.returns = launcher.run_together(configs) if together else [launcher.run_one(c) for c in configs]
+        outcome.returns = unit_jobs()
     except SystemExit as stop:  # a stop request, a full disk, a busy run directory: the launcher ends the sweep
         outcome.exit_code = stop.code if isinstance(stop.code, int) else 1
     return outcome
