@@ -59,7 +59,8 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path, monkeypa
                       f"train.dtype={dtype}")
         summaries[dtype] = summary = train(cfg, tmp_path / dtype, progress=False)
         assert summary["status"] == "completed"
-        curves[dtype] = [json.loads(line)["train_loss"] for line in (tmp_path / dtype / "metrics.jsonl").open()]
+        rows = [json.loads(line) for line in (tmp_path / dtype / "metrics.jsonl").open()]
+        curves[dtype] = [row["train_loss"] for row in rows if row["train_loss"] is not None]  # step 0: eval only
         state = torch.load(tmp_path / dtype / "checkpoints" / "latest.pt", weights_only=True)
         assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
         moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k.startswith("exp_avg")]
