@@ -157,11 +157,9 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str], li
         row[field] = summary.get(field) if summary else None
     row["overrides"] = overrides
 
-    keys = []
-    for text in overrides:
-        parsed = parse_override(text)
-        if parsed and parsed[0] not in KNOWN_COLUMNS:  # never clobber a summary field
-            keys.append(parsed[0])
+    swept = [parsed for parsed in map(parse_override, overrides)
+             if parsed and parsed[0] not in KNOWN_COLUMNS]  # never clobber a summary field
+    keys = [key for key, _ in swept]
     extra = {k: v for k, v in (summary or {}).items()  # fields added to summary.json later
              if k not in SUMMARY_FIELDS and k not in ("choices", "overrides") and k not in NOT_IN_TABLE}
     derived = [k for k in extra if k in DERIVED_COLUMNS or k in keys or k.startswith(("choice.", "_"))]
@@ -181,10 +179,8 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str], li
         choices.update({str(k): str(v) for k, v in summary["choices"].items() if v is not None})  # null: no choice
     for group, option in choices.items():
         row[f"choice.{group}"] = option
-    for text in overrides:
-        parsed = parse_override(text)
-        if parsed and parsed[0] in keys:
-            row[parsed[0]] = parsed[1]
+    for key, value in swept:
+        row[key] = value
 
     for key in SETTING_KEYS:
         if key not in row:

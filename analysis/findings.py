@@ -57,8 +57,7 @@ def _instability_clause(c: Comparison) -> str:
     who, k, n = (c.option, c.diverged, c.n_outcomes) if c.diverged else (c.baseline, c.diverged_baseline,
                                                                           c.n_outcomes_baseline)
     subject = "" if c.diverged else f"the baseline `{who}` "
-    at = f" at its {'tuned ' if c.tuned else ''}{c.diverged_at}" if c.diverged_at else ""
-    text = f"{subject}diverged in {k} of {n} {c.unit}{at}"
+    text = f"{subject}diverged in {k} of {n} {c.unit}{c.diverged_where()}"
     text += (f" (the baseline `{c.baseline}` in {c.diverged_baseline} of {c.n_outcomes_baseline})" if c.diverged
              else f" (`{c.option}` in 0 of {c.n_outcomes})")
     if c.n_both and not math.isnan(c.diff_mean):

@@ -78,6 +78,10 @@ class Comparison:
     def row(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in COLUMNS}
 
+    def diverged_where(self) -> str:
+        """' at its tuned rate 0.006': the rate the diverging side trained at, as the report says it."""
+        return f" at its {'tuned ' if self.tuned else ''}{self.diverged_at}" if self.diverged_at else ""
+
 
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (Holm 1979): the i-th smallest p times (m - i + 1), made
@@ -189,6 +193,7 @@ def compare_option(option_runs: pd.DataFrame, baseline_runs: pd.DataFrame, metri
     values (the other axes). Where one side diverged and the other did not (`unstable`), the test is
     by ranks over every outcome, diverged ranked worst, and the difference is over the both-trained."""
     c = comparison
+    c.unit = "runs" if cell_keys else "seeds"
     opt, base = outcomes(option_runs, metric, cell_keys), outcomes(baseline_runs, metric, cell_keys)
     c.diverged, c.diverged_baseline = int(np.isinf(opt).sum()), int(np.isinf(base).sum())
     c.n_outcomes, c.n_outcomes_baseline = len(opt), len(base)
@@ -205,14 +210,18 @@ def compare_option(option_runs: pd.DataFrame, baseline_runs: pd.DataFrame, metri
     if c.unstable:
         c.p_both = c.p_value
         c.p_value, c.direction = rank_test(opt, base, paired_outcomes)
-        c.paired, c.unit = paired_outcomes, "runs" if cell_keys else "seeds"
+        c.paired = paired_outcomes
         c.n, c.n_baseline = len(opt), len(base)  # the rank test's outcomes; diff_mean's are in the note
         c.test = "signed-rank, diverged worst" if paired_outcomes else "rank-sum, diverged worst"
         c.n_seeds = len({k[0] for k in opt.index})
         c.note = "; ".join(p for p in (_instability_note(c), c.note) if p)
+    elif c.diverged and not c.n_both:  # only where the baseline diverged too, and nowhere did both train
+        c.reason, c.note = "both diverged", (f"both diverged wherever either ran (`{c.option}` {c.diverged} of "
+                                             f"{c.n_outcomes}, the baseline {c.diverged_baseline} of "
+                                             f"{c.n_outcomes_baseline})")
     elif c.diverged:  # only where the baseline diverged too
-        c.note = "; ".join(p for p in (c.note, f"left out: {c.diverged} {'seeds' if not cell_keys else 'runs'} "
-                                                f"where both diverged (no evidence either way)") if p)
+        c.note = "; ".join(p for p in (c.note, f"left out: {c.diverged} {c.unit} where both diverged "
+                                                f"(no evidence either way)") if p)
     return c
 
 
@@ -384,10 +393,6 @@ def compare_axes(df: pd.DataFrame, axes: list[str], metric: str, settings: dict[
                 comparisons.append(c)
                 continue
             compare_option(opt_runs, base_runs, metric, others, c)
-            if math.isnan(c.p_value) and c.diverged and c.diverged_baseline and not c.n_both:
-                c.reason, c.note = "both diverged", (f"both diverged wherever either ran (`{c.option}` "
-                                                     f"{c.diverged} of {c.n_outcomes}, the baseline "
-                                                     f"{c.diverged_baseline} of {c.n_outcomes_baseline})")
             if c.unstable:
                 side = opt_runs if c.diverged else base_runs
                 c.diverged_at = rate_of(side[side["status"] == "diverged"], settings.get("tuned") or [])
@@ -429,7 +434,6 @@ def instability_advice(c: Comparison, level: float) -> str:
     """What would settle an `unstable` comparison: more seeds for a rank verdict, and what to change
     so the diverging side trains (tuning again is no help when the rate was tuned per variant)."""
     who = f"`{c.option}`" if c.diverged else f"the baseline `{c.baseline}`"
-    where = f" at its {'tuned ' if c.tuned else ''}{c.diverged_at}" if c.diverged_at else ""
     if c.tuned:
         fix = (f"its rate was already tuned per variant, so tuning again will not help: a lower grid (the "
                f"tuning seed's best rate can sit at the edge of stability), a longer warmup "
@@ -437,7 +441,7 @@ def instability_advice(c: Comparison, level: float) -> str:
     else:
         fix = ("tune the rate per variant (compare.tuned=[optim.lr] with hydra/sweeper=ablate_tuned), lower "
                "it, or lengthen the warmup (schedule.warmup_steps)")
-    return (f"{who} diverged{where} where the other side did not. To settle it: {fix}. A rank verdict "
+    return (f"{who} diverged{c.diverged_where()} where the other side did not. To settle it: {fix}. A rank verdict "
             f"(`better`/`worse`) needs at least {seeds_for_rank_verdict(level)} seeds that all favour one side "
             f"(the signed-rank test's smallest p with n seeds is 2 / 2^n, against level {level:.3g} here).")
 
