@@ -8,6 +8,7 @@ components receive built modules, never option names, so nothing here branches o
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -24,13 +25,17 @@ def make_block(cfg: Any, softcap: nn.Module, layer: int) -> nn.Module:
     global) + qk_norm (+ the soft-cap of its scores), a feed-forward from ffn or moe, norms placed by
     norm_pos, joined serially or in parallel by block."""
     m = cfg.model
+
+    def norm(dim: int = m.d_model) -> nn.Module:  # a fresh norm wherever the placement (or qk_norm) puts one
+        return cfg.norm.build(dim, m.bias)
+
+    def ffn(d_ff: int) -> nn.Module:  # one expert's (or the dense block's) feed-forward
+        return cfg.ffn.build(m.d_model, d_ff, m.bias, m.dropout)
+
     attention = SelfAttention(m, kernel=cfg.attn.build(m, softcap=softcap.attn, layer=layer),
-                              qk_norm=cfg.qk_norm.build(m, make_norm=lambda dim: cfg.norm.build(dim, m.bias)))
-    feedforward = cfg.moe.build(make_ffn=lambda d_ff: cfg.ffn.build(m.d_model, d_ff, m.bias, m.dropout),
-                                d_model=m.d_model, d_ff=cfg.ffn.hidden_size(m.d_model))
-    return cfg.block.build(attention, feedforward,
-                           placement=lambda n_branches: cfg.norm_pos.build(lambda: cfg.norm.build(m.d_model, m.bias),
-                                                                          n_branches))
+                              qk_norm=cfg.qk_norm.build(m, make_norm=norm))
+    feedforward = cfg.moe.build(make_ffn=ffn, d_model=m.d_model, d_ff=cfg.ffn.hidden_size(m.d_model))
+    return cfg.block.build(attention, feedforward, placement=functools.partial(cfg.norm_pos.build, norm))
 
 
 class Transformer(nn.Module):

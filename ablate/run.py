@@ -2,7 +2,7 @@
 
 Composes conf/config.yaml with the command line (Hydra), then trains one model per job.
 Heavy modules (torch) are imported inside the job, so `--cfg job` and `--help` stay fast.
-Flags such as `-m` may stand anywhere on the line (ablate.cli moves them before the overrides).
+Flags such as `-m` may stand anywhere on the line (ablate.cli.argv moves them before the overrides).
 """
 import sys
 from pathlib import Path
@@ -14,9 +14,10 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import ablate.config  # noqa: E402,F401  (registers the schema in Hydra's ConfigStore)
-from ablate import feedback, help_page  # noqa: E402
-from ablate.cli import flags_first, refuse_foreign_knobs, refuse_unknown_options  # noqa: E402,F401  (re-exported)
+import ablate.config.schema  # noqa: E402,F401  (registers the schema in Hydra's ConfigStore)
+from ablate.cli import help_page  # noqa: E402
+from ablate.training import feedback  # noqa: E402
+from ablate.cli.argv import flags_first, refuse_foreign_knobs, refuse_unknown_options  # noqa: E402,F401  (re-exported)
 
 help_page.register()  # the ${ablate_help:...} resolver of conf/hydra/help/ablate.yaml
 
@@ -26,10 +27,10 @@ JOBS_STARTED = []  # Hydra exits 1 also for a config it cannot compose; before a
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig, deferral: Any = None) -> float:
-    """One job (ablate.job.run_job). `deferral`: an ablate.job.Deferral, passed by hydra/launcher=batched,
+    """One job (ablate.cli.job.run_job). `deferral`: an ablate.cli.job.Deferral, passed by hydra/launcher=batched,
     which trains the jobs it accepts together afterwards."""
     feedback.mark_job_start()
-    from ablate.job import run_job  # torch and the training code: only once a job runs, not for --help
+    from ablate.cli.job import run_job  # torch and the training code: only once a job runs, not for --help
 
     JOBS_STARTED.append(True)
     return run_job(cfg, deferral)

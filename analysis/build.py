@@ -14,12 +14,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ablate.files import atomic_write_text as write_text
+from ablate.rundir.files import atomic_write_text as write_text
 from analysis.collect import REPORT_DIRNAME, find_runs, load_curves, load_results, swept_axes
 from analysis.findings import Findings
 from analysis.html import to_html
-from analysis.markdown import document, to_markdown
 from analysis.ladder import RUNG_KEY, is_ladder, ladder_of
+from analysis.markdown import document, to_markdown
 from analysis.stats import axis_table, choose_metric, config_table, ranked_tables
 from analysis.tuning import TUNE_STAGE, tuning_of
 from analysis.verdict import compare_axes, comparisons_frame

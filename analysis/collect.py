@@ -14,13 +14,13 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.summary import FIELDS as RUN_SUMMARY_FIELDS
-from ablate.summary import NUMERIC_FIELDS
+from ablate.rundir.summary import FIELDS as RUN_SUMMARY_FIELDS
+from ablate.rundir.summary import NUMERIC_FIELDS
 from analysis.evidence import UNREADABLE, Problem, metric_rows, read_json, read_yaml, summary_record
 from analysis.evidence import sweep_file_problems
 
 # Fields of summary.json, in the order they go into results.csv.
-# (from the one record both sides share, ablate.summary.RunSummary: torch-free)
+# (from the one record both sides share, ablate.rundir.summary.RunSummary: torch-free)
 SUMMARY_FIELDS = [name for name in RUN_SUMMARY_FIELDS if name not in ("choices", "overrides", "sample")]
 # Columns that are never override keys (used to recognise override columns in a table read
 # back from results.csv, where DataFrame.attrs are lost).
@@ -199,7 +199,7 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str], li
     elif summary is None:
         row["status"] = RUNNING
         _fill_from_metrics(row, metrics)
-    if select(config, "ladder.rung") is not None:  # a ladder's rung (ablate/ladder.py) set the rate it trained at
+    if select(config, "ladder.rung") is not None:  # a ladder's rung (ablate/config/rungs.py) set the rate it trained at
         row["lr_at_rung"] = select(config, "optim.lr")
     row["stage"] = str(select(config, "compare.stage") or DEFAULT_STAGE)
     row["_compare"] = select(config, "compare")

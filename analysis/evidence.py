@@ -11,7 +11,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ablate.summary import STATUSES, RunSummary
+from ablate.rundir.summary import STATUSES, RunSummary
 
 # libyaml's loader when present: a report of hundreds of runs parses their configs ~10x faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -20,7 +20,7 @@ from analysis.scaling import (Bootstrap, Cell, JointFit, PowerLaw, bootstrap, ce
 from analysis.stats import usable
 from analysis.verdict import BETTER, NOT_COMPARED, WORSE, compare_axes
 
-RUNG_KEY = "ladder.rung"   # the sweep key of a ladder (ablate/ladder.py)
+RUNG_KEY = "ladder.rung"   # the sweep key of a ladder (ablate/config/rungs.py)
 R2_MIN = 0.95              # below: the power law does not describe the points, so no verdict from it
 MIN_RUNGS = 3              # a 3-parameter curve needs at least 3 sizes
 CONFIDENCE = 0.90

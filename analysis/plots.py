@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-
 from scipy import stats
 
-from ablate.files import atomic_output
+from ablate.rundir.files import atomic_output
 from analysis.collect import RUNNING
 from analysis.figure_style import COLOURS, label
 from analysis.layout import fit_layout, panel_grid

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.files import atomic_write_text as write_text
+from ablate.rundir.files import atomic_write_text as write_text
 from analysis.collect import load_results, swept_axes
 from analysis.tuning import TUNE_STAGE
 
@@ -26,7 +26,7 @@ def _bench() -> Any:
     from ablate.bench.configs import Shape
     from ablate.bench.core import make_batches, make_candidate, run_interleaved
     from ablate.bench.machine import CpuLoad
-    from ablate.config import structured
+    from ablate.config.schema import structured
 
     return SimpleNamespace(make_candidate=make_candidate, make_batches=make_batches, run_interleaved=run_interleaved,
                            Shape=Shape, CpuLoad=CpuLoad, structured=structured)

@@ -12,7 +12,7 @@ counts. With n seeds the signed-rank test's smallest p is 2 / 2^n, so 3 seeds ca
 `unstable`; seeds that diverged on both sides say nothing about the choice and are left out.
 
 Why paired: two runs with the same `train.seed` see the same batches in the same order and are
-evaluated on the same validation windows (ablate/train.py draws batches from
+evaluated on the same validation windows (ablate/training/loop.py draws batches from
 `default_rng(train.seed)` and evaluation windows from a fixed seed), so the per-seed difference
 cancels the luck of the data order, which is most of the seed noise. The unit of replication is
 the seed: in a multi-axis sweep the differences of one seed are first averaged over the other

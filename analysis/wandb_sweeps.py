@@ -214,7 +214,7 @@ def out_of_sync(sweeps_dir: Path, out_dir: Path) -> list[str]:
 def write(sweeps_dir: Path, out_dir: Path) -> list[Path]:
     """Write every generated file (only those that changed) and delete generated files whose
     Hydra sweep is gone. Returns the paths written or deleted."""
-    from ablate.files import atomic_write_text as write_text
+    from ablate.rundir.files import atomic_write_text as write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     want = expected(sweeps_dir)

@@ -21,7 +21,7 @@ os.environ.setdefault("ABLATE_CACHE", str(Path(os.environ.get("PYTEST_CACHE_ROOT
 
 def hydra_compose_once(*overrides: str):
     """The config `python ablate/run.py OVERRIDES` would train (Hydra's compose API)."""
-    from ablate.config import compose as hydra_compose
+    from ablate.config.schema import compose as hydra_compose
 
     return hydra_compose(*overrides)
 
@@ -30,7 +30,7 @@ def compose(*overrides: str):
     """Like `hydra_compose_once`, but fast for grids: Hydra composes the non-group overrides once
     (cached) and each plain `group=option` is then loaded from its YAML into the typed node, which
     is what Hydra's defaults list does for these option files (tests check the two agree)."""
-    from ablate.config import with_option
+    from ablate.config.schema import with_option
 
     groups, rest = {}, []
     for override in overrides:

@@ -2,20 +2,18 @@
 independent reference; their refusals; and every attn x pos combination training in the whole model."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import dataclasses
-
 from hydra.errors import HydraException
 
 from ablate.accounting import count
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.validate import ConfigError, check
 from components.registry import config_of, option, options
 from components.shape import ModelConfig
 from tests.conftest import compose, hydra_compose_once
@@ -246,7 +244,7 @@ def test_every_kernel_is_causal(name, with_alibi, n_kv_heads):
     assert not torch.allclose(before[:, :, t + 1:], after[:, :, t + 1:])
 
 
-# --- refusals through ablate.validate ------------------------------------------------------------------
+# --- refusals through ablate.config.validate ------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides,names", [
     (("attn=linear", "pos=alibi"), ("attn=linear", "pos=alibi")),

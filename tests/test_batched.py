@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from ablate.ensemble.train import GroupJob, train_group
-from ablate.train import train
+from ablate.ensemble.train_group import GroupJob, train_group
+from ablate.training.loop import train
 from hydra_plugins.ablate_batched_launcher.batched_launcher import group_jobs, task_tree, why_not_batched
 from tests.conftest import ROOT, TINY, compose
 from tests.test_cli import FAST, ablate

@@ -14,8 +14,8 @@ import torch
 
 from ablate.bench import configs as bench_configs
 from ablate.bench import core
-from ablate.bench import sections as bench_sections
 from ablate.bench import main as bench
+from ablate.bench import sections as bench_sections
 from ablate.bench.peers import copy_from_ours, nanogpt_like
 from components.registry import axes, options
 from tests.conftest import POEMS
@@ -92,7 +92,7 @@ def test_peers_compute_the_same_function_as_our_presets(models_run):
 
 def test_the_printed_table_names_every_model(models_run, capsys):
     _, result = models_run
-    from ablate.bench.report import report
+    from ablate.bench.tables import report
 
     text = report(result)
     for row in result["rows"]:

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ablate.accounting import count
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.train import loss_terms
-from ablate.validate import ConfigError, check
+from ablate.training.loop import loss_terms
 from components.knobs import typed
 from components.registry import axes
 from tests.conftest import ROOT, compose

@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from ablate import help_page
-from ablate.cli import flags_first
+from ablate.cli import help_page
+from ablate.cli.argv import flags_first
 from tests.conftest import ROOT
 from tests.test_cli import FAST
 
@@ -153,7 +153,7 @@ def test_a_new_option_or_preset_appears_on_the_page_by_itself(tmp_path, monkeypa
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    import ablate.config  # noqa: F401  (registers the schema)
+    import ablate.config.schema  # noqa: F401  (registers the schema)
 
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)  # follows conf/sweep -> ../sweeps

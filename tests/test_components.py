@@ -244,7 +244,7 @@ def test_output_softcap_bounds_logits_and_is_identity_far_below_the_cap():
 
 def test_z_loss_term_equals_its_formula_and_is_logged_separately():
     from ablate.model import Transformer
-    from ablate.train import loss_terms
+    from ablate.training.loop import loss_terms
     from tests.conftest import compose
 
     model = Transformer(compose("model=micro"), 50)

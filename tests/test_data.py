@@ -1,4 +1,4 @@
-"""Tests for ablate/data.py: corpora and their whole-document train/validation split, the local
+"""Tests for ablate/data/corpora.py: corpora and their whole-document train/validation split, the local
 and download code paths of each corpus (no network), the token cache (memmaps, reuse, repair,
 two processes at once), windows, and the unigram / bits-per-byte arithmetic."""
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablate import data
-from ablate.data import (DataError, TokenizedCorpus, download, download_sdist, prepare, split_documents,
+from ablate.data import corpora as data
+from ablate.data.corpora import (DataError, TokenizedCorpus, download, download_sdist, prepare, split_documents,
                          unigram_loss)
-from ablate.tokenizer import EOT, EOT_ID, BPETokenizer, ByteTokenizer, Tokenizer
+from ablate.data.tokenizers import EOT, EOT_ID, BPETokenizer, ByteTokenizer, Tokenizer
 from components.knobs import typed
 from components.registry import option
 from tests.conftest import POEMS, ROOT, TINY, compose
@@ -41,7 +41,7 @@ def TinyStories(**settings):  # noqa: N802
 
 
 def text_config_problem(path):
-    from ablate.data import TextFiles as TextOption
+    from ablate.data.corpora import TextFiles as TextOption
 
     return TextOption.check_config(typed(compose("data=text", f"data.path={path}")))
 
@@ -554,7 +554,7 @@ CHILD = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {root!r})
     from omegaconf import OmegaConf
-    from ablate import data, tokenizer
+    from ablate.data import corpora as data, tokenizers as tokenizer
 
     log, ready, other = sys.argv[1:4]
     train = tokenizer.BPETokenizer.train.__func__
@@ -575,7 +575,7 @@ CHILD = textwrap.dedent("""
 
     tokenizer.BPETokenizer.train = classmethod(counted_train)
     tokenizer.Tokenizer.encode_documents = counted_encode
-    from ablate.config import compose, structured
+    from ablate.config.schema import compose, structured
     cfg = structured(json.loads(sys.argv[4]), base=compose())
     open(ready, "w").close()
     deadline = time.time() + 30

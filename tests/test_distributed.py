@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ablate.train import train
+from ablate.training.loop import train
 from tests.conftest import ROOT, TINY, compose
 
 COMMON = [*TINY, "train.max_steps=10", "train.eval_interval=5", "train.log_interval=1", "train.threads=1",
@@ -46,7 +46,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 
 def test_slurm_tasks_become_torch_distributed_variables(monkeypatch):
-    from ablate.distributed import slurm_environment
+    from ablate.machine.distributed import slurm_environment
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)

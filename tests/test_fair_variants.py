@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.validate import ConfigError, check
 from components.positional import sinusoid_table
 from tests.conftest import compose
 

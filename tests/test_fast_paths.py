@@ -11,10 +11,10 @@ import types
 import pytest
 import torch
 
-from ablate import hardware
-from ablate.loggers import WandbLogger
+from ablate.machine import hardware
 from ablate.model import Transformer
-from ablate.train import train
+from ablate.training.loggers import WandbLogger
+from ablate.training.loop import train
 from components.knobs import typed
 from components.registry import option
 from tests.conftest import TINY, compose
@@ -79,7 +79,7 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tmp_path, monkeypa
 def test_process_age_counts_from_launch():
     import subprocess
 
-    code = "import time; time.sleep(0.5); from ablate.hardware import process_age_s; print(process_age_s())"
+    code = "import time; time.sleep(0.5); from ablate.machine.hardware import process_age_s; print(process_age_s())"
     started = time.perf_counter()
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0.5 <= age <= time.perf_counter() - started + 0.05
@@ -165,7 +165,7 @@ def test_auxiliary_losses_come_from_the_cached_reporting_modules():
 
 
 def test_one_pass_z_loss_equals_the_two_pass_formula():
-    from ablate.train import loss_terms
+    from ablate.training.loop import loss_terms
 
     logits = (4 * torch.randn(3, 7, 50)).requires_grad_()
     targets = torch.randint(0, 50, (3, 7))

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ablate.train import train
-from ablate.validate import ConfigError
+from ablate.config.validate import ConfigError
+from ablate.training.loop import train
 from tests.conftest import ROOT, TINY, compose
 
 STEPS = ["train.max_steps=60", "train.eval_interval=20", "train.log_interval=1"]

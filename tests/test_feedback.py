@@ -5,8 +5,9 @@ import json
 
 import torch
 
-from ablate import feedback, load_run
-from ablate.train import train
+from ablate import load_run
+from ablate.training import feedback
+from ablate.training.loop import train
 from tests.conftest import TINY, compose
 from tests.test_command_line import both_orders  # noqa: F401  (session fixture: two tiny 2-job sweeps)
 
@@ -29,7 +30,7 @@ def test_first_step_s_counts_from_each_jobs_own_start(both_orders):  # noqa: F81
 def test_job_clock_marks_launch_for_the_first_job_and_hand_off_for_the_next(monkeypatch):
     clock = iter([100.0, 250.0])
     monkeypatch.setattr(feedback.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr("ablate.hardware.process_age_s", lambda: 7.5)
+    monkeypatch.setattr("ablate.machine.hardware.process_age_s", lambda: 7.5)
     monkeypatch.setattr(feedback, "_jobs_marked", 0)
     feedback.mark_job_start()
     assert feedback.take_job_start() == 92.5  # launched 7.5 s before the first job was handed over

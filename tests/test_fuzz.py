@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
-from ablate.data import DataError
-from ablate.train import train
-from ablate.validate import ConfigError
+from ablate.config.validate import ConfigError
+from ablate.data.corpora import DataError
+from ablate.training.loop import train
 from tests.conftest import TINY, hydra_compose_once
 
 CHOICES = {

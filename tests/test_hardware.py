@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from ablate import hardware
+from ablate.machine import hardware
 
 
 @pytest.fixture(autouse=True)
@@ -243,9 +243,9 @@ def test_a_corrupt_step_cache_file_is_measured_again_and_replaced(probe_log, ste
 def test_the_real_step_probe_times_both_dtypes_and_leaves_the_run_untouched():
     """The run's weights, gradients and random streams are the same after the probe as before: a run whose
     decision was measured trains exactly as one whose decision came from the cache."""
-    from components.knobs import typed
     from ablate.model import Transformer
-    from ablate.run_state import step_workload
+    from ablate.training.state import step_workload
+    from components.knobs import typed
     from tests.conftest import compose
 
     cfg = compose("model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16")
@@ -307,7 +307,7 @@ def test_variants_of_one_sweep_train_in_one_dtype_although_their_steps_measure_d
         probe_log, monkeypatch, tmp_path):
     """The step probe times each variant's own model; in a sweep the first job's decision holds for all, so a
     comparison never sets a bf16 run against an fp32 one. Outside a sweep each run decides for itself."""
-    from ablate.train import train
+    from ablate.training.loop import train
     from tests.conftest import TINY, compose
 
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 transformers = pytest.importorskip("transformers")
 
 from ablate import load_run  # noqa: E402
-from ablate.config import with_option  # noqa: E402
+from ablate.config.schema import with_option  # noqa: E402
 from ablate.hf import NotExpressible, hf_family, to_hf  # noqa: E402
 from ablate.hf import from_hf  # noqa: E402
 from ablate.model import Transformer  # noqa: E402
@@ -179,7 +179,7 @@ def test_inexpressible_configs_are_refused_naming_the_option(overrides, reason):
 
 
 def train_tiny(run_dir: Path, *overrides: str) -> Path:
-    from ablate.train import train
+    from ablate.training.loop import train
 
     cfg = compose(*overrides, "model=micro", "data=text", f"data.path={POEMS}", "tokenizer.vocab_size=300",
                   "logger=none", "train.max_steps=2", "train.batch_size=4", "train.eval_batches=1",
@@ -212,7 +212,7 @@ def test_export_cli_writes_a_folder_automodel_loads_with_the_runs_logits(tmp_pat
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tokenizer.encode(text) == tokenizer.encode(text)
     assert hf_tokenizer.eos_token_id == tokenizer.eot_id == hf_model.config.eos_token_id
-    from ablate.tokenizer import load_tokenizer
+    from ablate.data.tokenizers import load_tokenizer
 
     assert load_tokenizer(out / "ablate_tokenizer.json").encode(text) == tokenizer.encode(text)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablate.ladder import LadderError, apply, rungs
+from ablate.config.rungs import LadderError, apply, rungs
 from analysis.build import build_report, gather
 from analysis.scaling import Cell, bootstrap, cell_arrays, fit_joint, huber_scale
 from tests.conftest import POEMS, ROOT, compose
@@ -102,7 +102,7 @@ def test_a_ladder_that_cannot_apply_is_refused_naming_the_key(overrides, words):
 
 
 def test_ladder_command_prints_every_rung(capsys):
-    from ablate.ladder import main
+    from ablate.config.rungs import main
 
     assert main(["cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()

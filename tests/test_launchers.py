@@ -45,7 +45,7 @@ def test_optuna_searches_the_learning_rate_in_memory(tmp_path):
 def test_threads_per_job_divide_the_cores(monkeypatch):
     from omegaconf import OmegaConf
 
-    from ablate.job import threads_per_job
+    from ablate.cli.job import threads_per_job
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert threads_per_job(OmegaConf.create({"n_jobs": 2})) == 4

@@ -14,7 +14,7 @@ The layers, lowest first (a module may import its own layer and those below it):
     training     the loop, its state and checkpoints, the run directory's plan
     job          one Hydra job, the entry point, `ablate.load_run`
     tools        the benchmark (ablate.bench), Hugging Face conversion (ablate.hf, ablate.export_hf)
-    launchers    hydra_plugins/: the batched launcher (drives ablate.job), the tuning sweeper
+    launchers    hydra_plugins/: the batched launcher (drives ablate.cli.job), the tuning sweeper
     analysis     analysis/: reads only the files runs wrote
 
 and two narrower rules: the model imports nothing of the data pipeline, the config or the training
@@ -36,24 +36,22 @@ LAYERS = ("components", "base", "options", "config", "model", "training", "job",
 # Module (or package prefix) -> its layer; the most specific prefix wins. A module not named here fails the test.
 ROLE = {
     "components": "components",
-    "ablate.errors": "base", "ablate.files": "base", "ablate.summary": "base", "ablate.plugins": "base",
-    "ablate.preemption": "base", "ablate.runlock": "base", "ablate.machine_load": "base",
-    "ablate.distributed": "base", "ablate.help_page": "base", "ablate.cache_files": "base", "ablate.hardware": "base",
-    "ablate.data": "options", "ablate.tokenizer": "options", "ablate.bpe_training": "options",
-    "ablate.optim": "options", "ablate.schedules": "options", "ablate.loggers": "options",
-    "ablate.axes": "config", "ablate.config": "config", "ablate.validate": "config", "ablate.cli": "config",
-    "ablate.ladder": "config",
+    # ablate/ by role package; where a package holds modules of two layers, the more specific name wins
+    "ablate.errors": "base", "ablate.machine": "base", "ablate.data.cache": "base",
+    "ablate.rundir.files": "base", "ablate.rundir.summary": "base", "ablate.rundir.lock": "base",
+    "ablate.config.plugins": "base",
+    "ablate.data": "options",
+    "ablate.training.optimizers": "options", "ablate.training.schedules": "options", "ablate.training.loggers": "options",
+    "ablate.config": "config", "ablate.cli.argv": "config",
     "ablate.model": "model", "ablate.accounting": "model", "ablate.ensemble.stacked": "model",
-    "ablate.train": "training", "ablate.run_state": "training", "ablate.checkpoint": "training",
-    "ablate.rundir": "training", "ablate.evaluation": "training", "ablate.metrics_file": "training",
-    "ablate.feedback": "training", "ablate.ensemble": "training",
-    "ablate.job": "job", "ablate.run": "job",
-    "ablate.bench": "tools", "ablate.hf": "tools", "ablate.export_hf": "tools",
+    "ablate.training": "training", "ablate.rundir": "training", "ablate.ensemble": "training",
+    "ablate.cli": "job", "ablate.run": "job",
+    "ablate.bench": "tools", "ablate.hf": "tools", "ablate.export_hf": "tools", "ablate.ladder": "tools",
     "hydra_plugins": "launchers",
     "analysis": "analysis",
 }
 MODEL_MAY_IMPORT = ("components", "base")
-ANALYSIS_MAY_IMPORT = ("ablate.files", "ablate.summary", "hydra_plugins.ablate_tuning_sweeper.tuning_sweeper")
+ANALYSIS_MAY_IMPORT = ("ablate.rundir.files", "ablate.rundir.summary", "hydra_plugins.ablate_tuning_sweeper.tuning_sweeper")
 ANALYSIS_MEASURES_SPEED = "analysis.speed"  # imports torch and the benchmark: only for `analysis.report --speed`
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ablate.accounting import count
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.validate import ConfigError, check
 from components.attention import FullCausalAttention, SlidingWindowAttention
 from components.counting import score_flops
 from tests.conftest import compose

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ablate.accounting import count
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.validate import ConfigError, check
 from components.registry import axes, options
 from tests.conftest import compose
 

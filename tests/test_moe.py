@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ablate.accounting import count
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.train import loss_terms, train
-from ablate.validate import ConfigError, check
-from components.ffn import hidden_size
+from ablate.training.loop import loss_terms, train
 from components.counting import inactive_params, matmul_weights, n_params
+from components.ffn import hidden_size
 from components.moe import TopKMoE
 from components.registry import option
 from tests.conftest import TINY, compose

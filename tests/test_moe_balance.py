@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from ablate.checkpoint import CHECKPOINT, read_checkpoint
-from ablate.train import train
-from ablate.validate import ConfigError, check
+from ablate.config.validate import ConfigError, check
+from ablate.rundir.checkpoint import CHECKPOINT, read_checkpoint
+from ablate.training.loop import train
 from components.registry import option
 from tests.conftest import TINY, compose
 

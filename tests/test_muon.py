@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from ablate.checkpoint import CHECKPOINT, read_checkpoint
+from ablate.config.validate import ConfigError, check
 from ablate.model import Transformer
-from ablate.optim import hidden_matrices
-from ablate.train import train
-from ablate.validate import ConfigError, check
+from ablate.rundir.checkpoint import CHECKPOINT, read_checkpoint
+from ablate.training.loop import train
+from ablate.training.optimizers import hidden_matrices
 from components.knobs import typed
 from tests.conftest import TINY, compose
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from ablate.checkpoint import CHECKPOINT, read_checkpoint
-from ablate.tokenizer import load_tokenizer
+from ablate.data.tokenizers import load_tokenizer
+from ablate.rundir.checkpoint import CHECKPOINT, read_checkpoint
 from tests.safety_common import FAST, SHORT, assert_refused, cli
 
 NEW = ["optim=muon", "attn=local_global", "attn.window=8", "attn.global_every=2", "moe=topk", "moe.balance=bias",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ablate.data import prepare
-from ablate.train import Run
+from ablate.data.corpora import prepare
+from ablate.training.loop import Run
 from tests.conftest import TINY, compose
 
 

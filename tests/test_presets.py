@@ -2,14 +2,13 @@
 selectable, has the architecture its description promises, builds, runs, and is counted exactly."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import yaml
 
 from ablate.accounting import count
+from ablate.config.validate import check
 from ablate.model import Transformer
-from ablate.validate import check
 from components.ffn import hidden_size
 from components.registry import axes
 from tests.conftest import ROOT, hydra_compose_once

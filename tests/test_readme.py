@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablate import help_page
+from ablate.cli import help_page
 from tests.conftest import POEMS, ROOT
 
 README = ROOT / "README.md"

@@ -14,7 +14,7 @@ import uuid
 import numpy as np
 import pytest
 
-from ablate.data import DataError, prepare
+from ablate.data.corpora import DataError, prepare
 from components.registry import option
 from tests.conftest import TINY, compose
 from tests.safety_common import FAST, SHORT, assert_refused, cli, snapshot

@@ -2,7 +2,7 @@
 
 Exit code 2, one paragraph naming the key, the value and what is allowed, no traceback, no run
 directory left behind, every existing file untouched. The rules come from the schema (each knob of
-ablate/config.py declares its range with components.knobs.knob) and from what each option reads, so
+ablate/config/schema.py declares its range with components.knobs.knob) and from what each option reads, so
 the last two tests check the mechanism over every knob and every option rather than a list.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ablate import config as schema
-from ablate.checkpoint import CHECKPOINT
-from ablate.train import train
-from ablate.validate import ConfigError
+from ablate.config import schema
+from ablate.config.validate import ConfigError
+from ablate.rundir.checkpoint import CHECKPOINT
+from ablate.training.loop import train
 from components.registry import AXES, config_of, options
 from tests.conftest import POEMS, TINY, compose
 from tests.safety_common import FAST, SHORT, assert_refused, cli, snapshot

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.checkpoint import CHECKPOINT
+from ablate.rundir.checkpoint import CHECKPOINT
 from tests.safety_common import FAST, assert_refused, cli, losses, rows
 
 STEPS = ["train.max_steps=6", "train.eval_interval=2", "train.log_interval=1"]

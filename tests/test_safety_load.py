@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ablate import load_run
-from ablate.checkpoint import CHECKPOINT, CheckpointError
+from ablate.rundir.checkpoint import CHECKPOINT, CheckpointError
 from tests.safety_common import FAST, SHORT, assert_refused, cli, snapshot
 
 

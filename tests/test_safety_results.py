@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from ablate.tokenizer import BPETokenizer
-from ablate.train import train
-from ablate.validate import ConfigError
+from ablate.config.validate import ConfigError
+from ablate.data.tokenizers import BPETokenizer
+from ablate.training.loop import train
 from tests.conftest import POEMS, ROOT, TINY, compose
 from tests.safety_common import FAST, RUN, SHORT, assert_refused, cli, snapshot
 

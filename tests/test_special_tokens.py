@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablate.tokenizer import EOT, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
-from ablate.validate import ConfigError, check
+from ablate.config.validate import ConfigError, check
+from ablate.data.tokenizers import EOT, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
 from components.knobs import typed
 from tests.conftest import POEMS, compose
 
@@ -139,7 +139,7 @@ def test_cache_key_names_the_list_and_keeps_the_default_name():
 
 
 def test_a_cached_tokenizer_with_other_special_tokens_is_not_trusted(tmp_path, monkeypatch):
-    from ablate.data import prepare
+    from ablate.data.corpora import prepare
 
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path))
     overrides = ("data=text", f"data.path={POEMS}", "tokenizer.vocab_size=300")

@@ -8,8 +8,8 @@ from hydra import compose as hydra_compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ablate.ladder import apply as apply_rung
-from ablate.validate import check
+from ablate.config.rungs import apply as apply_rung
+from ablate.config.validate import check
 from tests.conftest import ROOT, hydra_compose_once
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
@@ -20,7 +20,7 @@ REQUIRED = {"norm", "norm_pos", "ffn", "block", "pos", "attn", "heads", "kv_head
 
 
 # The learning-rate sweeps answer the rate question itself: tuning the rate per variant there is moot.
-# A ladder's sweeps (ladder_*) set the rate per rung by the ladder's rule (conf/ladder/, ablate/ladder.py).
+# A ladder's sweeps (ladder_*) set the rate per rung by the ladder's rule (conf/ladder/, ablate/config/rungs.py).
 LADDERS = {name for name in SWEEPS if name.startswith("ladder_")}
 UNTUNED = {"lr", "lr_search"} | LADDERS
 
@@ -85,7 +85,7 @@ def test_sweep_states_its_question_and_every_job_is_a_valid_config(name):
     first = min(distinct)
     for job in sorted(distinct) + [(*first, rate) for rate in rates]:
         cfg = hydra_compose("config", overrides=[f"+sweep={name}", *job])
-        apply_rung(cfg, job)  # a ladder's rung sets the model's size, as ablate/job.py applies it
+        apply_rung(cfg, job)  # a ladder's rung sets the model's size, as ablate/cli/job.py applies it
         check(cfg)
 
 

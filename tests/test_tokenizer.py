@@ -1,4 +1,4 @@
-"""Tests for ablate/tokenizer.py: round trips, hand-derived merges, parity with a naive trainer,
+"""Tests for ablate/data/tokenizers.py: round trips, hand-derived merges, parity with a naive trainer,
 persistence, and the document/special-token boundaries that BPE must not merge across."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablate import bpe_training
-from ablate.tokenizer import EOT, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
+from ablate.data import bpe_training
+from ablate.data.tokenizers import EOT, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
 
 SMALL_CORPUS = [
     "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox doesn't.\r\n",

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import math
+import subprocess
 
 import pytest
 import torch
 
 from ablate import load_run
 from ablate.accounting import count
-from ablate.train import train
+from ablate.training.loop import train
 from components.knobs import typed
 from components.registry import option
 from tests.conftest import ROOT, TINY, compose

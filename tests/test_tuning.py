@@ -65,7 +65,7 @@ for name in ("components", "ablate"):
                                                   submodule_search_locations=[str(root / name)])
     module = importlib.util.module_from_spec(spec); sys.modules[name] = module; spec.loader.exec_module(module)
 assert not any(Path(p or ".").resolve() == root for p in sys.path)
-import ablate.config
+import ablate.config.schema
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 print(sorted(c.__name__ for c in Plugins.instance().discover(Sweeper)))

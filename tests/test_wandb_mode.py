@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ablate.loggers import WandbLogger, wandb_mode_and_reason
+from ablate.training.loggers import WandbLogger, wandb_mode_and_reason
 from components.registry import option
 
 

@@ -139,8 +139,8 @@ def test_wandb_file_matches_the_hydra_sweep(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_wandb_run_composes_and_validates(name: str) -> None:
+    from ablate.config.validate import check
     from ablate.run import refuse_unknown_options
-    from ablate.validate import check
 
     spec = load(name)
     sweeper = wandb_sweeps.sweeper(OmegaConf.load(SWEEPS / f"{name}.yaml"))

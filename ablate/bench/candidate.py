@@ -60,7 +60,7 @@ class Candidate:
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Cross-entropy on a held-out batch, computed in fp32 whatever the training dtype."""
-        from ablate.train import lm_loss
+        from ablate.training.loop import lm_loss
 
         self.model.eval()
         loss = lm_loss(self.model(x), y).item()

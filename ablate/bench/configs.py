@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import ablate.config
-from ablate.config import with_option  # noqa: F401  (re-exported for the sections)
+import ablate.config.schema
+from ablate.config.schema import with_option  # noqa: F401  (re-exported for the sections)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -36,7 +36,7 @@ SHAPES = {
 
 def compose(overrides: list[str]):
     """The config `python ablate/run.py OVERRIDES` would train."""
-    return ablate.config.compose(*overrides)
+    return ablate.config.schema.compose(*overrides)
 
 
 def shape_overrides(shape: Shape) -> list[str]:

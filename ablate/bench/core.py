@@ -1,7 +1,7 @@
 """The benchmark's core: building each benchmarked model (a `Candidate`), its batches, and the interleaved run.
 
 What one step is, for every model alike: zero_grad, forward, next-token cross-entropy (ours: the whole
-training objective of `ablate.train.loss_terms`), backward, gradient clipping at 1.0, and the `optim`
+training objective of `ablate.training.loop.loss_terms`), backward, gradient clipping at 1.0, and the `optim`
 option's optimizer (AdamW by default, the training loop's parameter groups). Every model sees the same
 random batches; models of one family start from the same weights (the peers get a copy of ours), so
 their final losses agree, which shows that the peers compute the same function.
@@ -29,7 +29,7 @@ SEED = 0
 DATA_OVERRIDES: tuple[str, ...] = ()
 
 def our_objective(cfg) -> Callable:
-    from ablate.train import loss_terms
+    from ablate.training.loop import loss_terms
 
     terms = typed(cfg).z_loss.build()
 
@@ -40,7 +40,7 @@ def our_objective(cfg) -> Callable:
 
 
 def plain_objective(model, logits, targets):
-    from ablate.train import lm_loss
+    from ablate.training.loop import lm_loss
 
     return lm_loss(logits, targets)
 
@@ -50,7 +50,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def build_ours(cfg, vocab: int, device: torch.device):
-    from ablate import validate
+    from ablate.config import validate
     from ablate.model import Transformer
 
     validate.check(cfg)

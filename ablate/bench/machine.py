@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from ablate.machine_load import sample
-from ablate.summary import cpu_name, version_of
+from ablate.machine.load import sample
+from ablate.rundir.summary import cpu_name, version_of
+
 
 # ------------------------------------------------------------------------------------------------
 # machine
@@ -26,7 +27,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 class CpuLoad:
-    """How much of the machine's CPU time went to other processes while the bench ran (ablate/machine_load.py:
+    """How much of the machine's CPU time went to other processes while the bench ran (ablate/machine/load.py:
     /proc/stat and this process's own CPU time): a busy machine shows up here instead of silently in the numbers."""
 
     def __init__(self):

@@ -155,10 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from ablate.bench.report import report  # lazily: only the sections asked for are imported
     from ablate.bench.sections import bench_components, bench_data, bench_tokenizer
     from ablate.bench.startup import bench_startup
     from ablate.bench.sweep import bench_sweep
+    from ablate.bench.tables import report  # lazily: only the sections asked for are imported
 
     args = parse_args(argv)
     threads_before = torch.get_num_threads()

@@ -100,7 +100,7 @@ def bench_components(args, device, notes) -> list[dict]:
 
 def tokenizer_corpus() -> tuple[list[str], list[str]]:
     """(train documents, validation documents) of the default corpus (the embedded Shakespeare)."""
-    from ablate.data import Shakespeare
+    from ablate.data.corpora import Shakespeare
 
     return Shakespeare().documents()
 
@@ -108,7 +108,7 @@ def tokenizer_corpus() -> tuple[list[str], list[str]]:
 def bench_tokenizer(args, notes) -> list[dict]:
     """Our byte-level BPE (train at vocab N on the train split, encode the validation split) next to
     Hugging Face tokenizers' BpeTrainer with the same byte-level GPT-2 pre-tokenization."""
-    from ablate.tokenizer import EOT, BPETokenizer
+    from ablate.data.tokenizers import EOT, BPETokenizer
 
     train_docs, val_docs = tokenizer_corpus()
     train_bytes = sum(len(d.encode("utf-8")) for d in train_docs)
@@ -158,7 +158,7 @@ def bench_tokenizer(args, notes) -> list[dict]:
 
 def bench_data(args, device, notes) -> list[dict]:
     """Drawing a batch from the token memmap (as the training loop does) against the step it feeds."""
-    from ablate.data import prepare
+    from ablate.data.corpora import prepare
 
     rows = []
     for shape_name in args.shapes:
@@ -197,8 +197,8 @@ def bench_data(args, device, notes) -> list[dict]:
                          "step_ms": 1e3 * st, "input_share": d / (d + st), "prepare_s": prepare_s,
                          "train_tokens": int(len(corpus.train)), "vocab_size": vocab})
     notes.append("data: batch = random window starts + memmap gather + int64 cast + tensor (+ pinned copy on "
-                 "CUDA), as ablate.train draws it; input_share = batch / (batch + step); prepare_s = "
-                 "ablate.data.prepare (a cache lookup once the corpus is tokenized)")
+                 "CUDA), as ablate.training.loop draws it; input_share = batch / (batch + step); prepare_s = "
+                 "ablate.data.corpora.prepare (a cache lookup once the corpus is tokenized)")
     return rows
 
 

@@ -1,6 +1,6 @@
 """One optimizer step and one evaluation of several runs at once, through the stacked model.
 
-Each run (ablate.run_state.Run) keeps everything that makes it itself: its model's parameters, optimizer,
+Each run (ablate.training.state.Run) keeps everything that makes it itself: its model's parameters, optimizer,
 schedule, data order (its own numpy generator draws its batches), gradient clipping and counters. Per step
 `Ensemble.train_step` asks each selected run for its learning rate and batches (`begin_step`,
 `micro_batches`), folds the batches into one, runs one forward and one backward through the stacked model,
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ablate.ensemble.stacked import EnsembleModel
-from ablate.run_state import Run, add_terms, lm_loss, loss_terms
+from ablate.training.state import Run, add_terms, lm_loss, loss_terms
 
 
 class Ensemble:

@@ -1,5 +1,5 @@
 """What a Hugging Face conversion refuses with, in either direction (ablate.hf.export, ablate.hf.imports,
-ablate.hf.tokenizer): a config with no exact counterpart, or the optional transformers package missing."""
+ablate.hf.fast_tokenizer): a config with no exact counterpart, or the optional transformers package missing."""
 from __future__ import annotations
 
 INSTALL_HINT = "pip install transformers (or pip install -e '.[dev]')"

@@ -33,7 +33,7 @@ Layout notes. Ours fuses q, k, v into one `qkv` Linear ([q; k; v] rows) and gate
 so its weights are transposed. Gemma's RMSNorm multiplies by (1 + w): our gain g = 1 + w.
 RoPE: both use the half-split rotate_half convention, so no permutation is needed.
 
-The tokenizer converts in ablate.hf.tokenizer (`hf_tokenizer`). transformers is imported only inside
+The tokenizer converts in ablate.hf.fast_tokenizer (`hf_tokenizer`). transformers is imported only inside
 these functions (ablate.hf.errors.require_transformers: it is an optional extra).
 """
 from __future__ import annotations

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ablate.config import compose, structured
+from ablate.config.schema import compose, structured
 from ablate.hf.errors import NotExpressible, require_transformers
 from ablate.hf.export import GATED_FROM_HF, PLAIN_FROM_HF, layer_norm_names
 from ablate.model import Transformer
 from components.ffn import hidden_size
+
 
 def _ffn_size(d_model: int, d_ff: int) -> dict[str, Any]:
     for multiple_of in (8, 1):

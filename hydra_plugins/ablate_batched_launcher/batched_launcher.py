@@ -5,8 +5,8 @@ Per launch (the whole sweep, or one stage of `hydra/sweeper=ablate_tuned`), the 
 composed config with `train.seed` and the `compare.tuned` keys left out. Each group's jobs run through the
 task function as usual, one by one (validation, the run directory's plan and lock, .hydra/), except that a
 job accepted for training is handed back instead of trained (the launcher passes the task function an
-ablate.job.Deferral, which ablate/run.py hands to ablate.job.run_job); the group's accepted
-jobs then train together (ablate.ensemble.train.train_group) and each job's return value is its own final
+ablate.cli.job.Deferral, which ablate/run.py hands to ablate.cli.job.run_job); the group's accepted
+jobs then train together (ablate.ensemble.train_group.train_group) and each job's return value is its own final
 validation loss, as with the basic launcher. A group that cannot be batched (its option has no stacked form,
 dropout, torch.compile, a tuned key that changes the architecture) runs one job after another, with one
 printed line saying why; so does a group of one.
@@ -20,10 +20,10 @@ never more than there are units).
 """
 # No `from __future__ import annotations`: Hydra executes this module before it is in sys.modules,
 # and dataclasses then cannot resolve string annotations.
+import functools
 import json
 import logging
 import sys
-import functools
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +116,7 @@ def why_not_batched(trees: Sequence[Dict[str, Any]]) -> Optional[str]:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "data-parallel processes (torchrun) train one run at a time"
-    from ablate.config import structured
+    from ablate.config.schema import structured
     from ablate.ensemble.stacked import why_not_batchable
 
     try:
@@ -134,7 +134,7 @@ def automatic_processes(config: DictConfig) -> int:
     each); on a GPU one process, whose ensemble fills the device."""
     import os
 
-    from ablate.hardware import resolve_device
+    from ablate.machine.hardware import resolve_device
 
     try:
         on_cpu = resolve_device(str(config.train.device)).type == "cpu"
@@ -172,7 +172,7 @@ class BatchedLauncher(Launcher):
             configs.append(sweep_config)
         units = self.units([task_tree(c) for c in configs], initial_job_idx)
         workers = worker_count(self.n_jobs if self.n_jobs is not None else automatic_processes(configs[0]), len(units))
-        for config in configs:  # what each job's threads are computed from (ablate.job.threads_per_job)
+        for config in configs:  # what each job's threads are computed from (ablate.cli.job.threads_per_job)
             with open_dict(config):
                 config.hydra.launcher.n_jobs = workers if workers > 1 else None
         log.info(f"Launching {len(job_overrides)} jobs locally, as {sum(u.together for u in units)} batched "
@@ -232,17 +232,17 @@ class BatchedLauncher(Launcher):
             for p, ret in zip(unit.positions, outcome.returns if outcome.returns else unreported(chosen)):
                 returns[p] = ret
         stops = [o.exit_code for o in outcomes if o.exit_code]
-        if stops:  # each such process has printed why (ablate.job); the sweep ends as under the basic launcher
+        if stops:  # each such process has printed why (ablate.cli.job); the sweep ends as under the basic launcher
             sys.exit(stops[0])
         if processes.stop:  # every running unit has checkpointed; the rest never started
-            from ablate import job as ablate_job
+            from ablate.cli import job as ablate_job
 
             ablate_job.stop_sweep(processes.stop)
         return returns  # type: ignore[return-value]
 
     def run_one(self, config: DictConfig, deferral: Any = None) -> JobReturn:
-        """The job through the task function; with a `deferral` (ablate.job.Deferral), which the task function
-        passes on to ablate.job.run_job, a job accepted for training is handed to it instead of trained."""
+        """The job through the task function; with a `deferral` (ablate.cli.job.Deferral), which the task function
+        passes on to ablate.cli.job.run_job, a job accepted for training is handed to it instead of trained."""
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
         task = self.task_function if deferral is None else functools.partial(self.task_function, deferral=deferral)
         ret = run_job(hydra_context=self.hydra_context, task_function=task, config=config,
@@ -253,8 +253,8 @@ class BatchedLauncher(Launcher):
     def run_together(self, configs: List[DictConfig]) -> List[JobReturn]:
         """Each job through the task function, which hands back the ones accepted for training; those then
         train as one ensemble and get their own results as return values."""
-        from ablate import job as ablate_job
-        from ablate.ensemble.train import train_group
+        from ablate.cli import job as ablate_job
+        from ablate.ensemble.train_group import train_group
 
         with ExitStack() as locks:
             deferral = ablate_job.Deferral(locks)

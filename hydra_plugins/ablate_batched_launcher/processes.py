@@ -2,13 +2,13 @@
 
 A unit is one batched ensemble or one job that trains alone. On a CPU a small model's step does not scale
 with threads (the nano step: 73.5 ms at 1 thread, 53 ms at 2, docs/benchmarks.md), so two 1-thread processes
-can do more work than one 2-thread process; the processes share the cores (ablate.job.threads_per_job).
+can do more work than one 2-thread process; the processes share the cores (ablate.cli.job.threads_per_job).
 
 Each worker is a fresh interpreter (multiprocessing's spawn: no fork of a process whose OpenMP threads are
 running) that runs units one after another, as the basic launcher runs jobs, taking the next one when it is
 done (largest units first). Workers sit in a process group of their own, so a stop request reaches each once,
 through the launcher: SIGTERM, SIGUSR1 or Ctrl-C to the launcher is forwarded to every worker, whose members
-checkpoint and are marked `interrupted` (ablate.preemption), no further unit starts, and the launcher ends
+checkpoint and are marked `interrupted` (ablate.machine.preemption), no further unit starts, and the launcher ends
 the sweep with exit code 130 once every worker has reported; the same command resumes. The hydra context and
 the task function travel as cloudpickle bytes (the task function lives in the script's __main__, which
 plain pickle cannot name), as Hydra's joblib launcher sends them; results come back through the same pipe.
@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from ablate.preemption import SIGNALS
+from ablate.machine.preemption import SIGNALS
 
 
 @dataclass

@@ -64,7 +64,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="ablate_tuned", node=Tu
 
 
 @dataclass
-class Plan:
+class TuningPlan:
     """The jobs of both stages, as override lists (the verdict's tuned values still to be filled)."""
     variants: List[List[str]]          # overrides of each variant, seed and tuned keys left out
     seeds: List[str]                   # the verdict's seeds
@@ -116,7 +116,7 @@ def grid_axes(tune: Dict[str, Any], parser: Any = None) -> Dict[str, List[str]]:
 
 
 def plan(params: List[str], tune: Dict[str, str], tune_seeds: List[Any], seed_key: str = "train.seed",
-         parser: Any = None) -> Plan:
+         parser: Any = None) -> TuningPlan:
     """Expand `params` (basic-sweeper syntax, command-line overrides included) and the `tune` grid."""
     parser = parser or OverridesParser.create()
     if not tune:
@@ -144,13 +144,13 @@ def plan(params: List[str], tune: Dict[str, str], tune_seeds: List[Any], seed_ke
                              f"seeds that then judge it would flatter the chosen value")
     axes = grid_axes(tune, parser)
     grid = [list(combo) for combo in itertools.product(*([f"{k}={v}" for v in vs] for k, vs in axes.items()))]
-    return Plan(variants, seeds, grid, tune_seeds, seed_key, tuned, axes)
+    return TuningPlan(variants, seeds, grid, tune_seeds, seed_key, tuned, axes)
 
 
 class Tried:
     """Every tuning run so far, per variant and point, in the order tried (stage 1's grid first)."""
 
-    def __init__(self, plan_: Plan) -> None:
+    def __init__(self, plan_: TuningPlan) -> None:
         self.plan = plan_
         self.scores: List[Dict[Point, List[float]]] = [{} for _ in plan_.variants]
         self.runs: List[List[Any]] = []  # [*overrides, score] per tuning run, in job order
@@ -181,7 +181,7 @@ class Tried:
         return [next_points(self.means(v), self.plan.axes, extend) for v in range(len(self.plan.variants))]
 
 
-def choose(plan_: Plan, scores: List[float]) -> List[Optional[List[str]]]:
+def choose(plan_: TuningPlan, scores: List[float]) -> List[Optional[List[str]]]:
     """The choice among stage 1's runs alone (scores in the order of plan_.tuning_jobs())."""
     tried = Tried(plan_)
     tried.add_stage([[tuple(g) for g in plan_.grid]] * len(plan_.variants), scores)
@@ -279,7 +279,7 @@ class TuningSweeper(BasicSweeper):
         return [*returns, self._launch(verdict, next_job)]
 
     @staticmethod
-    def _own(plan_: Plan, variant: List[str]) -> List[str]:
+    def _own(plan_: TuningPlan, variant: List[str]) -> List[str]:
         """The overrides that tell this variant from the others (for the log)."""
         shared = set.intersection(*(set(v) for v in plan_.variants)) if plan_.variants else set()
         return [o for o in variant if o not in shared]

@@ -1,0 +1,1 @@
+"""The command line: argv before Hydra, one Hydra job, the generated `--help`."""

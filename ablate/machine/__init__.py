@@ -1,0 +1,1 @@
+"""The machine a run trains on: device and precision probes, processes, load, signals."""

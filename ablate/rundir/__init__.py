@@ -1,0 +1,1 @@
+"""A run directory: what a process may do with it, its lock, atomic files, summary, metrics, checkpoints."""

@@ -1,0 +1,1 @@
+"""Training one run: the loop, its state, optimizers, schedules, evaluation, loggers, feedback."""
