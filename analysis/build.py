@@ -57,15 +57,18 @@ def _tuned_jobs(sweeper, task: list[str], sweep: Path) -> int | None:
 
         given = sweeper.get("params")
         params = [f"{k}={v}" for k, v in (OmegaConf.to_container(given) if given else {}).items()]
-        n_jobs = plan(params + [str(t) for t in task], dict(sweeper.tune), list(sweeper.tune_seeds),
-                      str(sweeper.seed_key)).n_jobs
+        the_plan = plan(params + [str(t) for t in task], dict(sweeper.tune), list(sweeper.tune_seeds),
+                        str(sweeper.seed_key))
     except Exception:
         return None
     try:
         recorded = json.loads((sweep / "tuning.json").read_text(encoding="utf-8"))
-        return n_jobs + int(recorded.get("n_extension_runs", 0))
+        if isinstance(recorded.get("scores"), list):  # every tuning run, at whichever budget it was judged
+            verdict = 0 if recorded.get("tune_only") else len(the_plan.variants) * len(the_plan.seeds)
+            return len(recorded["scores"]) + verdict
+        return the_plan.n_jobs + int(recorded.get("n_extension_runs", 0))
     except (OSError, ValueError, TypeError, AttributeError):
-        return n_jobs
+        return the_plan.n_jobs
 
 
 def expected_jobs(sweep: Path) -> int | None:

@@ -71,15 +71,23 @@ def tuning_figure(tuning) -> Figure:
     values = sorted(dict.fromkeys(table["value"]), key=lambda v: (number(v), v))
     numeric = all(not math.isnan(number(v)) and number(v) > 0 for v in values)
     position = {v: (number(v) if numeric else i) for i, v in enumerate(values)}
-    finite = table["mean"][np.isfinite(table["mean"])]
+    every = tuning.budgets if tuning.halved else table.assign(budget=np.nan)
+    finite = every["mean"][np.isfinite(every["mean"])]
     top = float(finite.max()) if len(finite) else 1.0
-    for i, (variant, group) in enumerate(table.groupby("variant", sort=False)):
+    budgets = sorted(every["budget"].dropna().unique()) if tuning.halved else [None]
+    styles = {b: ("-" if b == budgets[-1] else ":" if k == 0 else "--") for k, b in enumerate(budgets)}
+    for i, (variant, rows) in enumerate(every.groupby("variant", sort=False)):
         colour = COLOURS(i % 10)
-        group = group.assign(x=group["value"].map(position)).sort_values("x")
-        ok = np.isfinite(group["mean"])
-        panel.plot(group["x"][ok], group["mean"][ok], marker="o", color=colour, label=str(variant))
-        if (~ok).any():
-            panel.scatter(group["x"][~ok], [top] * int((~ok).sum()), marker="x", color=colour, s=40)
+        for budget in budgets:  # with halving: one curve per budget, the last solid
+            group = rows if budget is None else rows[rows["budget"] == budget]
+            group = group.assign(x=group["value"].map(position)).sort_values("x")
+            ok = np.isfinite(group["mean"])
+            last = budget == budgets[-1]
+            panel.plot(group["x"][ok], group["mean"][ok], marker="o" if last else ".", color=colour,
+                       linestyle=styles[budget], alpha=1.0 if last else 0.6, label=str(variant) if last else None)
+            if (~ok).any():
+                panel.scatter(group["x"][~ok], [top] * int((~ok).sum()), marker="x", color=colour, s=40)
+        group = table[table["variant"] == variant].assign(x=lambda f: f["value"].map(position))
         chosen = tuning.chosen.loc[tuning.chosen["variant"] == variant, "chosen"]
         if len(chosen) and chosen.iloc[0] is not None:
             hit = group[group["value"] == chosen.iloc[0]]
@@ -90,7 +98,12 @@ def tuning_figure(tuning) -> Figure:
         panel.set_xticks(range(len(values)), values)
     panel.set_xlabel("/".join(tuning.keys) + " (tuned value)")
     panel.set_ylabel(label(tuning.metric) + " on the tuning seeds")
-    panel.set_title("Tuning: one curve per variant; star = the value its verdict runs used; x = failed")
+    title = "Tuning: one curve per variant; star = the value its verdict runs used; x = failed"
+    if tuning.halved:
+        title += "; successive halving: " + ", ".join(
+            f"{'solid' if b == budgets[-1] else 'dotted' if k == 0 else 'dashed'} = after {int(b)} steps"
+            for k, b in enumerate(budgets))
+    panel.set_title(title)
     panel.grid(alpha=0.3)
     panel.legend(fontsize=8)
     fit_layout(fig)

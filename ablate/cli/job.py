@@ -143,7 +143,7 @@ def run_locked(cfg: DictConfig, job: Job, deferral: Deferral | None = None) -> f
                if v is not None and not k.startswith("hydra") and k != "schema"}
     group = str(Path(hydra_cfg.sweep.dir)) if multirun else None
     try:
-        if plan.action == "fresh":  # .hydra/ describes the run that made the directory: written once
+        if plan.action in ("fresh", "branch"):  # .hydra/ describes the run that made the directory: written once
             save_hydra_files(run_dir, cfg, hydra_cfg)
         if cfg.train.threads is None:
             cfg.train.threads = threads_per_job(hydra_cfg.launcher)

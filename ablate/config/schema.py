@@ -56,6 +56,11 @@ class TrainConfig:
     sample_prompt: str = "\n"
     divergence_factor: float = knob(3.0, gt=1, finite=False,
                                     doc="stop as diverged when the loss exceeds factor * initial loss; inf = never")
+    save_trunk: bool = knob(False, doc="with schedule=wsd: keep the state where the decay begins in "
+                            "checkpoints/trunk.pt, so a longer run can continue it (train.branch_from)")
+    branch_from: Optional[str] = knob(None, doc="a run directory whose checkpoints/trunk.pt this fresh run starts "
+                                      "from: the same configuration trained longer (wsd, Hagele et al. 2024); "
+                                      "the tuning sweeper's successive halving continues a rate this way")
 
 
 @dataclass

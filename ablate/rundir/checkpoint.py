@@ -26,6 +26,7 @@ from components.registry import AXES
 # when a run is resumed, e.g. to train it longer.
 ARCHITECTURE_KEYS = ("model", *(name for name, axis in AXES.items() if axis.shapes_checkpoint))
 CHECKPOINT = Path("checkpoints") / "latest.pt"
+TRUNK = Path("checkpoints") / "trunk.pt"  # train.save_trunk: the state where a wsd decay began
 FORMAT = "ablate-checkpoint/2"  # 2: plain data only (weights_only), with the data's fingerprints
 REQUIRED = ("model", "optimizer", "step", "tokens_seen", "best_val_loss", "initial_loss", "rng", "torch_rng",
             "config", "vocab_size", "seed", "corpus_fingerprint", "tokenizer_fingerprint")

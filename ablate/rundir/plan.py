@@ -1,6 +1,8 @@
 """What a training process may do with a run directory, decided before it writes anything there.
 
     fresh   nothing of a run is there: train from step 0
+    branch  nothing of a run is there, and train.branch_from names a run whose trunk (the state where
+            its wsd decay began) this longer run of the same configuration continues from
     resume  a checkpoint of the same architecture, data, tokenizer and seed: continue it
     skip    a finished run (completed or diverged) of the same configuration: nothing to do
             (this is how a re-run sweep resumes: its finished jobs are skipped)
@@ -20,7 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.errors import ConfigError
-from ablate.rundir.checkpoint import ARCHITECTURE_KEYS, CHECKPOINT, read_checkpoint
+from ablate.rundir.checkpoint import ARCHITECTURE_KEYS, CHECKPOINT, TRUNK, read_checkpoint
+from components.knobs import typed
 
 FINISHED = ("completed", "diverged")  # results in their own right: never overwritten
 # Keys that change how a run is executed or logged, not what it computes: a re-run that differs only
@@ -29,6 +32,8 @@ OPERATIONAL = {"train.threads", "train.resume", "train.compile", "train.device",
 # Keys a single run may change to continue a completed run (train it longer, log it differently).
 CONTINUATION = OPERATIONAL | {"train.max_steps", "train.eval_interval", "train.log_interval", "train.sample_tokens",
                               "train.sample_temperature", "train.sample_top_p", "train.sample_prompt"}
+# Keys a branch may set otherwise than the trunk it continues: its length, where its decay begins, logging.
+BRANCHABLE = CONTINUATION | {"schedule.decay_fraction", "train.save_trunk", "train.branch_from"}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -64,7 +69,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any], ignore: set[str]
 
 @dataclass
 class RunDirPlan:
-    action: str  # fresh | resume | skip
+    action: str  # fresh | branch | resume | skip
     run_dir: Path
     state: dict[str, Any] | None = None  # the checkpoint to resume (loaded without running code)
     summary: dict[str, Any] | None = None  # the finished run's summary (skip)
@@ -82,7 +87,8 @@ class RunDirPlan:
             changed.append(f"the tokenizer (hash of its merges {self.state['tokenizer_fingerprint']} in the "
                            f"checkpoint, {corpus.tokenizer.fingerprint()} now)")
         if changed:
-            raise ConfigError(f"train.resume=auto found a checkpoint in {self.run_dir} trained on other data: "
+            where = self.run_dir if self.action != "branch" else f"{self.run_dir}'s train.branch_from"
+            raise ConfigError(f"train.resume=auto found a checkpoint in {where} trained on other data: "
                               f"{' and '.join(changed)}. Resuming would mix two datasets in one run. Restore the "
                               f"data it was trained on, or train in a new hydra.run.dir.")
 
@@ -103,7 +109,7 @@ def plan_run_dir(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> RunD
         if foreign:
             raise ConfigError(f"{run_dir} holds {', '.join(foreign)}, not written by an ablate run; training there "
                               f"would overwrite them. Train in a new or empty hydra.run.dir.")
-        return RunDirPlan("fresh", run_dir)
+        return branch_plan(run_dir, cfg, current) if cfg.train.branch_from else RunDirPlan("fresh", run_dir)
     state = read_checkpoint(checkpoint)
     saved = state["config"]
     changed = differences(saved, current, only=ARCHITECTURE_KEYS)
@@ -129,6 +135,30 @@ def plan_run_dir(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> RunD
             f"{'' if multirun else ', or change only train.max_steps (and logging settings) to continue that run'}.")
     notes = [f"extending the completed run from {state['step']} to {cfg.train.max_steps} steps"] if finished else []
     return RunDirPlan("resume", run_dir, state=state, notes=notes)
+
+
+def branch_plan(run_dir: Path, cfg: DictConfig, current: dict[str, Any]) -> RunDirPlan:
+    """A fresh run that continues another run's trunk: the same configuration but for its length (and so
+    where its decay begins) and logging, decaying no earlier than the trunk's step; ConfigError otherwise."""
+    key = f"train.branch_from={cfg.train.branch_from}"
+    trunk = Path(cfg.train.branch_from) / TRUNK
+    if not trunk.is_file():
+        raise ConfigError(f"{key}: {trunk} does not exist. A run keeps its trunk only with schedule=wsd and "
+                          f"train.save_trunk=true, once it reached the step its decay begins. Nothing was trained.")
+    state = read_checkpoint(trunk)
+    changed = differences(state["config"], current, ignore=BRANCHABLE)
+    if changed:
+        raise ConfigError(f"{key}: its trunk was trained with another configuration ({'; '.join(changed[:6])}). A "
+                          f"branch continues the same configuration: only train.max_steps, schedule.decay_fraction "
+                          f"and logging settings may differ. Nothing was trained.")
+    decay_start = getattr(typed(cfg.schedule).build(cfg.train.max_steps), "decay_start", None)
+    if decay_start is None or decay_start < state["step"]:
+        raise ConfigError(f"{key}: its trunk is the state after {state['step']} steps at the stable rate, but this "
+                          f"run ({cfg.schedule.name}, train.max_steps={cfg.train.max_steps}) "
+                          f"{'has no stable phase to continue' if decay_start is None else f'decays from step {decay_start}'}"
+                          f". Branch with schedule=wsd and a decay that begins at or after step {state['step']}. "
+                          f"Nothing was trained.")
+    return RunDirPlan("branch", run_dir, state=state, notes=[f"branched from {trunk} at step {state['step']}"])
 
 
 def foreign_files(run_dir: Path) -> list[str]:

@@ -113,6 +113,8 @@ class Session:
         """The step's metrics row (with `val_loss` on evaluation steps), the checkpoint after it, the logger,
         the progress bar; a diverged run's summary says so."""
         run, loss = self.run, end.terms["ce"]
+        if self.cfg.train.save_trunk and run.step == run.schedule.decay_start:  # before the first decayed step;
+            run.save_trunk()  # before latest.pt too: a kill between the two redoes (identically) both
         if end.log:
             now = time.perf_counter()
             record = {"step": run.step, "tokens": run.tokens_seen, "train_loss": loss,
@@ -224,9 +226,11 @@ def setup(cfg: DictConfig, run_dir: Path, plan: RunDirPlan | None, choices: dict
     # a sweep's jobs (group = its directory) share one `auto` precision: variants compared in one dtype
     sweep_dir = Path(group) if group is not None and Path(group).is_dir() else None
     run = Run(cfg, run_dir, corpus, device, world, sweep_dir)
-    if plan.action == "resume":
-        run.load_checkpoint()
-        print(f"resumed from {run.checkpoint_path} at step {run.step}" + "".join(f"; {n}" for n in plan.notes))
+    if plan.action in ("resume", "branch"):  # the plan read the checkpoint (without running code) and checked it
+        run.load_checkpoint(plan.state)
+        opening = f"resumed from {run.checkpoint_path} at step {run.step}" if plan.action == "resume" else \
+            f"{run_dir}:"
+        print(opening + "".join(f"; {n}" for n in plan.notes))
     if cfg.train.compile:
         run.model = torch.compile(run.model)
     summary = RunSummary(

@@ -33,6 +33,8 @@ class Schedule:
     def __init__(self, cfg: WarmupConfig, max_steps: int):
         self.cfg, self.max_steps, self.warmup_steps = cfg, max_steps, min(cfg.warmup_steps, max_steps)
 
+    decay_start: int | None = None  # the step a longer run of this schedule could branch from (wsd only)
+
     def __call__(self, step: int) -> float:
         """Multiplier for the update taken at `step` (0-based): linear warmup, then `after_warmup`."""
         if step < self.warmup_steps:
@@ -67,12 +69,17 @@ class WarmupStableDecay(Schedule):
 
     Config = WSDConfig
 
+    def __init__(self, cfg: WSDConfig, max_steps: int):
+        super().__init__(cfg, max_steps)
+        self.decay_steps = max(1, round(cfg.decay_fraction * max_steps))
+        # Every step before this one runs at the stable rate: the state after it is the same for every
+        # longer run of the schedule (same warmup), so one run answers several budgets (Hagele et al. 2024).
+        self.decay_start = max_steps - self.decay_steps
+
     def __call__(self, step: int) -> float:
-        decay_steps = max(1, round(self.cfg.decay_fraction * self.max_steps))
-        decay_start = self.max_steps - decay_steps
         if step < self.warmup_steps:
             return super().__call__(step)
-        if step < decay_start:
+        if step < self.decay_start:
             return 1.0
-        progress = min(1.0, (step - decay_start + 1) / decay_steps)
+        progress = min(1.0, (step - self.decay_start + 1) / self.decay_steps)
         return 1.0 + (self.cfg.min_lr_ratio - 1.0) * progress

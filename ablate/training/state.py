@@ -21,7 +21,7 @@ from ablate.data.corpora import TokenizedCorpus
 from ablate.machine.distributed import World
 from ablate.machine.hardware import Workload, choose_precision
 from ablate.model import Transformer
-from ablate.rundir.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint
+from ablate.rundir.checkpoint import CHECKPOINT, TRUNK, read_checkpoint, write_checkpoint
 from components.knobs import typed
 from components.losses import cross_entropy
 from components.registry import axes
@@ -168,7 +168,8 @@ class Run:
         self.model.train()
         return float(np.mean(losses))
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        """Everything to continue this run, in checkpoints/latest.pt (or `path`: the trunk a longer run branches from)."""
         if not self.world.is_main:
             return
         state = {
@@ -181,10 +182,15 @@ class Run:
             "corpus_fingerprint": self.corpus.meta["corpus_fingerprint"],
             "tokenizer_fingerprint": self.corpus.tokenizer.fingerprint(),
         }
-        write_checkpoint(state, self.checkpoint_path)
+        write_checkpoint(state, path or self.checkpoint_path)
 
-    def load_checkpoint(self) -> None:
-        state = read_checkpoint(self.checkpoint_path, map_location=self.device)
+    def save_trunk(self) -> None:
+        self.save_checkpoint(self.run_dir / TRUNK)
+
+    def load_checkpoint(self, state: dict | None = None) -> None:
+        """Continue from `state` (a checkpoint already read: this run's own, or the trunk it branches from),
+        else from this run's checkpoints/latest.pt."""
+        state = state if state is not None else read_checkpoint(self.checkpoint_path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]

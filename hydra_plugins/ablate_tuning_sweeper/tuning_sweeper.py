@@ -9,8 +9,13 @@ judges each variant at its own best value:
 2. extension: where a variant's best value of a numeric key lies at the grid's lowest or highest
    value, that variant tries one grid step further (x2 on 0.0015,0.003,0.006) on the same tuning
    seeds, again while the best stays at the new edge, at most `extend` steps per side (extension.py);
+   With `halving` (the default), stages 1 and 2 are successive halving (halving.py): every value
+   trains a fraction of the run (`halving.budgets`) and is judged after a short cooldown branched from
+   its constant-rate trunk; the best third (at least 2) goes on from that trunk to the next budget;
+   the extension happens at the first budget. `hydra.sweeper.halving=null`: every value at full length.
 3. choice: per variant the value with the lowest mean final validation loss over the tuning seeds,
-   among all its tuning runs (the job's return value; a failed or diverged run counts as +inf);
+   among all its tuning runs (with halving: among those judged at the last budget; the job's return
+   value; a failed or diverged run counts as +inf);
 4. verdict stage: every variant x the verdict seeds of `params` (`train.seed: 0,1,2`), fresh runs at
    the chosen value.
 
@@ -22,7 +27,9 @@ verdict seeds) runs, against V x S untuned: at most 2x when G x T <= S (e.g. 3 r
 
 Config (hydra.sweeper.*): `params` as the basic sweeper (variants and verdict seeds); `tune`
 {key: comma list}; `tune_seeds` (list, disjoint from the verdict's); `seed_key` (train.seed);
-`extend` (steps past the grid's edge per side, 0 = off); `max_batch_size` (jobs per launcher call,
+`extend` (steps past the grid's edge per side, 0 = off); `halving` ({budgets: fractions of
+train.max_steps, eta: 1 / the share that goes on, cooldown: decay steps per budget step}, null = off);
+`tune_only` (stop after the choice, for measuring tuning); `max_batch_size` (jobs per launcher call,
 null = all of a stage at once). Job numbers: stage 1, then each extension round, then the verdict;
 sweep_dir/tuning.json records every tuning run and each variant's values tried and choice.
 """
@@ -34,7 +41,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -43,9 +50,17 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from hydra_plugins.ablate_tuning_sweeper.extension import Point, best_point, max_extra_points, next_points
+from hydra_plugins.ablate_tuning_sweeper.halving import Rung, is_rung_key, rungs, survivors, why_not_halved
 
 log = logging.getLogger(__name__)
 TARGET = "hydra_plugins.ablate_tuning_sweeper.tuning_sweeper.TuningSweeper"
+
+
+@dataclass
+class HalvingConf:
+    budgets: List[float] = field(default_factory=lambda: [0.2, 0.4])  # fractions of train.max_steps
+    eta: int = 3             # a budget keeps the best 1/eta (at least 2) of the values it judged
+    cooldown: float = 0.2    # decay steps per step of the budget, before each judgement
 
 
 @dataclass
@@ -56,6 +71,8 @@ class TuningSweeperConf:
     tune_seeds: List[int] = field(default_factory=lambda: [1000])
     seed_key: str = "train.seed"
     extend: int = 2  # grid steps tried past an edge the best value lands on, per key and side (0: off)
+    halving: Optional[HalvingConf] = field(default_factory=HalvingConf)  # null: every value at full length
+    tune_only: bool = False  # stop once tuning.json holds the choice: no verdict runs
     max_batch_size: Optional[int] = None
 
 
@@ -159,13 +176,15 @@ class Tried:
         self.scores[variant].setdefault(point, []).extend(scores)
         self.runs += [[*job, score] for job, score in zip(jobs, scores)]
 
-    def add_stage(self, points: List[List[Point]], scores: List[float]) -> None:
-        """One launch: `points[v]` the points of variant v, its runs' scores in job order."""
+    def add_stage(self, points: List[List[Point]], scores: List[float],
+                  launched: Optional[List[List[str]]] = None) -> None:
+        """One launch: `points[v]` the points of variant v, its runs' scores in job order (and the jobs as
+        launched, when they carry more than the point's overrides)."""
         i = 0
         for variant, variant_points in enumerate(points):
             for point in variant_points:
                 jobs = self.plan.point_jobs(self.plan.variants[variant], point)
-                self.add(variant, point, scores[i:i + len(jobs)], jobs)
+                self.add(variant, point, scores[i:i + len(jobs)], launched[i:i + len(jobs)] if launched else jobs)
                 i += len(jobs)
 
     def means(self, variant: int) -> Dict[Point, float]:
@@ -198,7 +217,8 @@ def _score(job_return: Any) -> float:
 
 class TuningSweeper(BasicSweeper):
     def __init__(self, params: Optional[Dict[str, str]], tune: Optional[Dict[str, str]], tune_seeds: List[int],
-                 seed_key: str, max_batch_size: Optional[int], extend: int = 2) -> None:
+                 seed_key: str, max_batch_size: Optional[int], extend: int = 2, halving: Any = None,
+                 tune_only: bool = False) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.tune = {str(k): str(v) for k, v in (tune or {}).items()}
         self.tune_seeds = list(tune_seeds)
@@ -207,6 +227,8 @@ class TuningSweeper(BasicSweeper):
             raise HydraException(f"hydra.sweeper.extend={extend!r} must be a whole number >= 0: the grid "
                                  f"steps tried past an edge a variant's best value lands on (0 turns it off)")
         self.extend = extend
+        self.halving = checked_halving(halving)
+        self.tune_only = bool(tune_only)
 
     def _launch(self, jobs: List[List[str]], first: int) -> List[Any]:
         size = self.max_batch_size or max(len(jobs), 1)
@@ -217,20 +239,39 @@ class TuningSweeper(BasicSweeper):
             results += list(self.launcher.launch(batch, initial_job_idx=first + start))
         return results
 
+    def _begun_without(self, sweep_dir: Path, key: str) -> bool:
+        """Whether this sweep directory's tuning.json was written before `key` existed (a resume keeps the
+        tuning as it began: its later jobs sit at the job numbers the old plan gave them)."""
+        record = sweep_dir / "tuning.json"
+        try:
+            return record.exists() and key not in json.loads(record.read_text())
+        except (OSError, ValueError):
+            return False
+
     def _extend_for(self, sweep_dir: Path) -> int:
         """`extend`, except for a sweep directory begun before grids were extended (its tuning.json has no
         "extend"): there the verdict runs sit right after stage 1's job numbers, where extension runs would
         now go, so its resume keeps the grid as it was (and is refused nothing)."""
-        record = sweep_dir / "tuning.json"
-        try:
-            begun_without = record.exists() and "extend" not in json.loads(record.read_text())
-        except (OSError, ValueError):
-            begun_without = False
-        if begun_without and self.extend:
-            log.info(f"ablate_tuned: {record} was written before grids were extended past their edge: this "
-                     f"sweep resumes with hydra.sweeper.extend=0, as it began")
+        if self._begun_without(sweep_dir, "extend") and self.extend:
+            log.info(f"ablate_tuned: {sweep_dir / 'tuning.json'} was written before grids were extended past their "
+                     f"edge: this sweep resumes with hydra.sweeper.extend=0, as it began")
             return 0
         return self.extend
+
+    def _halving_for(self, sweep_dir: Path, the_plan: TuningPlan) -> Tuple[List[Rung], Optional[str]]:
+        """The rungs this sweep's tuning halves over (empty: full length) and why not, if it is not."""
+        if self.halving is None:
+            return [], "hydra.sweeper.halving=null"
+        if self._begun_without(sweep_dir, "halving"):
+            return [], f"{sweep_dir / 'tuning.json'} was written before tuning was halved: it resumes at full length"
+        max_steps = int(OmegaConf.select(self.config, "train.max_steps"))
+        warmup = int(OmegaConf.select(self.config, "schedule.warmup_steps", default=0) or 0)
+        ladder = OmegaConf.select(self.config, "ladder.name", default=None)
+        the_rungs = rungs(max_steps, warmup, self.halving["budgets"], self.halving["cooldown"])
+        if ladder:
+            return [], f"+ladder={ladder} sets each rung's length and rate"
+        reason = why_not_halved(the_plan.variants, the_plan.tuned_keys, len(the_rungs))
+        return ([], reason) if reason else (the_rungs, None)
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -240,46 +281,196 @@ class TuningSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.extend = self._extend_for(sweep_dir)
+        the_rungs, not_halved = self._halving_for(sweep_dir, the_plan)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        tuning = the_plan.tuning_jobs()
-        log.info(f"ablate_tuned: stage 1, {len(tuning)} tuning runs ({len(the_plan.variants)} variants x "
-                 f"{len(the_plan.grid)} values x {len(the_plan.tune_seeds)} tuning seeds)")
-        tuning_returns = self._launch(tuning, 0)
-        tried = Tried(the_plan)
-        tried.add_stage([[tuple(g) for g in the_plan.grid]] * len(the_plan.variants),
-                        [_score(r) for r in tuning_returns])
-        returns, next_job = [tuning_returns], len(tuning)
-        while True:  # terminates: each key and side extends at most `extend` steps per variant
-            points = tried.extensions(self.extend)
-            jobs = [job for v, ps in zip(the_plan.variants, points) for p in ps for job in the_plan.point_jobs(v, p)]
-            if not jobs:
-                break
-            for variant, ps in zip(the_plan.variants, points):
-                for p in ps:
-                    log.info(f"ablate_tuned: {' '.join(self._own(the_plan, variant)) or 'the variant'} chose at "
-                             f"the grid's edge: extending to {' '.join(p)}")
-            extension_returns = self._launch(jobs, next_job)
-            tried.add_stage(points, [_score(r) for r in extension_returns])
-            returns.append(extension_returns)
-            next_job += len(jobs)
-        chosen = tried.chosen()
+        if the_rungs:
+            tuning = Halving(self, the_plan, the_rungs, sweep_dir)
+        else:
+            if self.halving is not None:
+                log.info(f"ablate_tuned: every tuning run trains at full length: {not_halved}")
+            tuning = FullLength(self, the_plan)
+        tuning.run()
+        chosen = tuning.tried.chosen()
         for variant, point in zip(the_plan.variants, chosen):
             log.info(f"ablate_tuned: {' '.join(self._own(the_plan, variant)) or 'the variant'} -> "
                      f"{' '.join(point) if point else 'every tuning run failed: the default value'}")
+        tried = tuning.tried
         (sweep_dir / "tuning.json").write_text(json.dumps({
             "tuned": the_plan.tuned_keys, "tune_seeds": the_plan.tune_seeds, "verdict_seeds": the_plan.seeds,
-            "grid": the_plan.axes, "extend": self.extend, "n_extension_runs": next_job - len(tuning),
+            "grid": the_plan.axes, "extend": self.extend, "n_extension_runs": tuning.n_extension_runs,
+            "halving": tuning.describe(not_halved), "tune_only": self.tune_only,
+            "tuning_steps": tuning.steps, "full_length_steps": tuning.full_length_steps,
             "choices": [{"variant": v, "chosen": c, "tried": [list(p) for p in tried.scores[i]],
-                         "extended": [list(p) for p in tried.scores[i] if list(p) not in the_plan.grid]}
+                         "extended": [list(p) for p in tried.scores[i] if list(p) not in the_plan.grid],
+                         **tuning.variant_record(i)}
                         for i, (v, c) in enumerate(zip(the_plan.variants, chosen))],
             "scores": tried.runs,
         }, indent=1) + "\n")
+        if self.tune_only:
+            log.info(f"ablate_tuned: hydra.sweeper.tune_only=true: the choice is in {sweep_dir / 'tuning.json'}; "
+                     f"no verdict runs")
+            return tuning.returns
         verdict = the_plan.verdict_jobs(chosen)
         log.info(f"ablate_tuned: stage 2, {len(verdict)} verdict runs at the chosen values")
-        return [*returns, self._launch(verdict, next_job)]
+        return [*tuning.returns, self._launch(verdict, tuning.next_job)]
 
     @staticmethod
     def _own(plan_: TuningPlan, variant: List[str]) -> List[str]:
         """The overrides that tell this variant from the others (for the log)."""
         shared = set.intersection(*(set(v) for v in plan_.variants)) if plan_.variants else set()
         return [o for o in variant if o not in shared]
+
+
+def checked_halving(halving: Any) -> Optional[Dict[str, Any]]:
+    """`hydra.sweeper.halving` as plain values, or None (off); HydraException naming a bad setting."""
+    if halving is None:
+        return None
+    values = OmegaConf.to_container(halving) if OmegaConf.is_config(halving) else dict(halving)
+    budgets, eta, cooldown = values.get("budgets"), values.get("eta"), values.get("cooldown")
+    problems = []
+    if not isinstance(budgets, list) or not budgets or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b <= 1 for b in budgets):
+        problems.append(f"halving.budgets={budgets!r} must be a non-empty list of fractions of train.max_steps in "
+                        f"(0, 1], e.g. [0.2, 0.4]")
+    if not isinstance(eta, int) or isinstance(eta, bool) or eta < 2:
+        problems.append(f"halving.eta={eta!r} must be a whole number >= 2: each budget keeps the best 1/eta of the "
+                        f"values it judged (at least 2)")
+    if not isinstance(cooldown, (int, float)) or isinstance(cooldown, bool) or not 0 < cooldown <= 1:
+        problems.append(f"halving.cooldown={cooldown!r} must lie in (0, 1]: the decay steps before each judgement, "
+                        f"per step of its budget")
+    if problems:
+        raise HydraException("hydra.sweeper: " + "; ".join(problems) + ". Or hydra.sweeper.halving=null to train "
+                             "every value at full length.")
+    return {"budgets": [float(b) for b in budgets], "eta": eta, "cooldown": float(cooldown)}
+
+
+def _run_dir(job_return: Any, sweep_dir: Path, job_num: int) -> str:
+    """Where a job trained: Hydra's record of its output directory, else the sweep's default subdir."""
+    for key in ("runtime.output_dir", "hydra.runtime.output_dir"):
+        found = OmegaConf.select(job_return.hydra_cfg, key, default=None) if job_return.hydra_cfg is not None else None
+        if found:
+            return str(found)
+    return str(sweep_dir / str(job_num))
+
+
+class FullLength:
+    """Stage 1 and its extension as before halving: every value of the grid at full length."""
+
+    def __init__(self, sweeper: TuningSweeper, the_plan: TuningPlan) -> None:
+        self.sweeper, self.plan = sweeper, the_plan
+        self.tried = Tried(the_plan)
+        self.returns: List[Any] = []
+        self.next_job = 0
+        self.n_extension_runs = 0
+        self.steps = 0
+
+    def launch(self, tried: "Tried", points: List[List[Point]], extra: Any = None) -> None:
+        """Launch the tuning runs of `points[v]` for each variant v (with `extra(v, point, seed)` overrides)
+        and record their scores in `tried`."""
+        jobs = [[*(o for o in job if not is_rung_key(o)), *extra(v, p, s)] if extra else job
+                for v, ps in enumerate(points) for p in ps
+                for s, job in zip(self.plan.tune_seeds, self.plan.point_jobs(self.plan.variants[v], p))]
+        rets = self.sweeper._launch(jobs, self.next_job)
+        self.returns.append(rets)
+        self.next_job += len(jobs)
+        tried.add_stage(points, [_score(r) for r in rets], jobs)
+
+    def run(self) -> None:
+        grid = [[tuple(g) for g in self.plan.grid]] * len(self.plan.variants)
+        log.info(f"ablate_tuned: stage 1, {sum(map(len, grid)) * len(self.plan.tune_seeds)} tuning runs "
+                 f"({len(self.plan.variants)} variants x {len(self.plan.grid)} values x "
+                 f"{len(self.plan.tune_seeds)} tuning seeds)")
+        self.launch(self.tried, grid)
+        first = self.next_job
+        self.extend(self.tried, lambda points: self.launch(self.tried, points))
+        self.n_extension_runs = self.next_job - first
+        self.steps = self.full_length_steps
+
+    def extend(self, tried: "Tried", launch: Any, where: str = "") -> None:
+        while True:  # terminates: each key and side extends at most `extend` steps per variant
+            points = tried.extensions(self.sweeper.extend)
+            if not any(points):
+                return
+            for variant, ps in zip(self.plan.variants, points):
+                for p in ps:
+                    log.info(f"ablate_tuned: {' '.join(self.sweeper._own(self.plan, variant)) or 'the variant'} "
+                             f"chose at the grid's edge{where}: extending to {' '.join(p)}")
+            launch(points)
+
+    def first_tried(self) -> "Tried":
+        return self.tried
+
+    @property
+    def full_length_steps(self) -> int:
+        """What training every value tried (at the first budget) would cost at full length."""
+        max_steps = int(OmegaConf.select(self.sweeper.config, "train.max_steps"))
+        return max_steps * sum(len(scores) for v in self.first_tried().scores for scores in v.values())
+
+    def describe(self, not_halved: Optional[str]) -> Dict[str, Any]:
+        return {"rungs": [], "off": not_halved}
+
+    def variant_record(self, variant: int) -> Dict[str, Any]:
+        return {}
+
+
+class Halving(FullLength):
+    """Stage 1 as successive halving (halving.py): the grid at the first budget, extended there, then the
+    best of each budget continued from their trunks to the next."""
+
+    def __init__(self, sweeper: TuningSweeper, the_plan: TuningPlan, the_rungs: List[Rung], sweep_dir: Path) -> None:
+        super().__init__(sweeper, the_plan)
+        self.rungs, self.sweep_dir = the_rungs, sweep_dir
+        self.warmup = int(OmegaConf.select(sweeper.config, "schedule.warmup_steps", default=0) or 0)
+        self.rung_tried = [Tried(the_plan) for _ in the_rungs]  # per rung: its scores per variant and point
+        self.dirs: List[Dict[Tuple[int, Point, str], str]] = [{} for _ in the_rungs]
+        self.kept: List[List[List[Point]]] = []  # per rung after the first: each variant's points that went on
+
+    def first_tried(self) -> "Tried":
+        return self.rung_tried[0]
+
+    def launch_rung(self, k: int, points: List[List[Point]]) -> None:
+        rung, previous = self.rungs[k], self.rungs[k - 1] if k else None
+
+        def extra(v: int, p: Point, s: str) -> List[str]:
+            return rung.overrides(self.warmup, self.dirs[k - 1][(v, p, s)] if k else None)
+
+        first = self.next_job
+        self.launch(self.rung_tried[k], points, extra)
+        keys = [(v, p, s) for v, ps in enumerate(points) for p in ps for s in self.plan.tune_seeds]
+        for i, (key, ret) in enumerate(zip(keys, self.returns[-1])):
+            self.dirs[k][key] = _run_dir(ret, self.sweep_dir, first + i)
+        self.steps += rung.trained(previous) * len(keys)
+
+    def run(self) -> None:
+        plan_, rung0 = self.plan, self.rungs[0]
+        grid = [[tuple(g) for g in plan_.grid]] * len(plan_.variants)
+        log.info(f"ablate_tuned: halving, budget 1 of {len(self.rungs)}: {sum(map(len, grid)) * len(plan_.tune_seeds)} "
+                 f"tuning runs of {rung0.steps} steps + {rung0.cooldown} cooldown ({len(plan_.variants)} variants x "
+                 f"{len(plan_.grid)} values x {len(plan_.tune_seeds)} tuning seeds)")
+        self.launch_rung(0, grid)
+        first = self.next_job
+        self.extend(self.rung_tried[0], lambda points: self.launch_rung(0, points), " at the first budget")
+        self.n_extension_runs = self.next_job - first
+        for k in range(1, len(self.rungs)):
+            going_on = [survivors(self.rung_tried[k - 1].means(v), self.sweeper.halving["eta"])
+                        for v in range(len(plan_.variants))]
+            self.kept.append(going_on)
+            log.info(f"ablate_tuned: halving, budget {k + 1} of {len(self.rungs)}: {sum(map(len, going_on))} values "
+                     f"go on from their trunks to {self.rungs[k].steps} steps + {self.rungs[k].cooldown} cooldown")
+            self.launch_rung(k, going_on)
+        self.tried = self.rung_tried[-1]  # the choice: among the values judged at the last budget
+        self.tried.runs = [run for tried in self.rung_tried for run in tried.runs]
+
+    def describe(self, not_halved: Optional[str]) -> Dict[str, Any]:
+        return {**self.sweeper.halving, "rungs": [{"steps": r.steps, "cooldown": r.cooldown} for r in self.rungs],
+                "off": None}
+
+    def variant_record(self, variant: int) -> Dict[str, Any]:
+        """Each budget's mean score per value this variant had judged there, and which went on."""
+        out = []
+        for k, tried in enumerate(self.rung_tried):
+            went_on = self.kept[k][variant] if k < len(self.kept) else []
+            out.append({"steps": self.rungs[k].steps, "cooldown": self.rungs[k].cooldown,
+                        "scores": {" ".join(p): m for p, m in tried.means(variant).items()},
+                        "went_on": [" ".join(p) for p in went_on]})
+        return {"rungs": out}
