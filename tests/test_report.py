@@ -462,7 +462,7 @@ def test_analysis_never_imports_torch_or_training_code(sweep: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     # only the torch-free pieces both sides share: the summary record and atomic file writes
-    assert done.stdout.strip() == "['ablate', 'ablate.rundir.files', 'ablate.rundir.summary']"
+    assert done.stdout.strip() == "['ablate', 'ablate.rundir', 'ablate.rundir.files', 'ablate.rundir.summary']"
 
 
 def test_runs_in_different_precisions_are_said_to_be_so(tmp_path: Path) -> None:

@@ -24,10 +24,13 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ablate.config.schema import CONF
-from ablate.config.schema import choices as options
+from ablate.config.schema import CONF, choices
 
 INDENT = "  "
+
+
+def options(group: str) -> list[str]:
+    return choices(group, CONF)  # this module's CONF: a test points it at a copy of conf/
 
 
 def _width() -> int:

@@ -135,9 +135,9 @@ def structured(tree: dict | DictConfig, base: DictConfig | None = None) -> DictC
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def choices(group: str) -> list[str]:
+def choices(group: str, conf: Path = CONF) -> list[str]:
     """The options of a config group: one YAML file each in conf/GROUP/ (what Hydra composes from)."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
 def with_option(cfg: DictConfig, axis_name: str, option_name: str) -> DictConfig:
