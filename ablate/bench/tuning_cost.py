@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+# the rules scored against full-length tuning: the halving's (best at the last budget), the best at the
+# first budget alone (what one budget would choose), a quadratic fit over the first budget's scores
+RULES = ("halved", "first", "fit")
 
 
 def run_stage(sweep: str, folder: Path, halved: bool, extra: list[str]) -> dict[str, Any]:
@@ -34,10 +37,12 @@ def run_stage(sweep: str, folder: Path, halved: bool, extra: list[str]) -> dict[
         command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", f"+sweep={sweep}",
                    "hydra.sweeper.tune_only=true", f"hydra.sweep.dir={folder}", *extra,
                    *([] if halved else ["hydra.sweeper.halving=null"])]
-        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"},
-                              capture_output=True, text=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f"{folder.name}.log", "w") as log:  # a file, not a pipe: the sweep's workers write to it
+            done = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, stdout=log,
+                                  stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+            raise SystemExit(f"{' '.join(command)} failed: see {folder.parent / f'{folder.name}.log'}")
     found = json.loads(record.read_text())
     found["wall_s"] = time.perf_counter() - started
     return found
@@ -70,12 +75,14 @@ def compare(sweep: str, full: dict[str, Any], halved: dict[str, Any]) -> list[di
     for f, h in zip(full["choices"], halved["choices"]):
         own = [o for o in f["variant"] if not o.startswith(("train.", "schedule."))]
         first = h.get("rungs", [{}])[0] if h.get("rungs") else None
+        at_first = min(first["scores"].items(), key=lambda kv: kv[1])[0] if first and first["scores"] else None
         rows.append({"sweep": sweep, "variant": " ".join(own[-1:]) or "all",
                      "full": rate(f["chosen"]), "halved": rate(h["chosen"]),
+                     "first": float(at_first.split("=", 1)[1]) if at_first else math.nan,
                      "fit": fit_choice(first) if first else math.nan})
     for row in rows:
-        row["halved_off"] = grid_steps(row["halved"], row["full"])
-        row["fit_off"] = grid_steps(row["fit"], row["full"])
+        for rule in RULES:
+            row[f"{rule}_off"] = grid_steps(row[rule], row["full"])
     return rows
 
 
@@ -102,14 +109,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{c['sweep']:8} {c['full_steps']:>7} {c['halved_steps']:>7} {c['ratio']:>6.3f}  "
               f"{c['full_runs']:>4}/{c['halved_runs']:<4}         {', '.join(f'{s}+{d}' for s, d in c['rungs'])}")
     print("\nChosen rate per variant (grid steps from full-length tuning's choice):")
-    print(f"{'sweep':8} {'variant':22} {'full':>8} {'halved':>8} {'off':>4} {'fit':>8} {'off':>4}")
+    print(f"{'sweep':8} {'variant':22} {'full':>8}" + "".join(f" {rule:>8} {'off':>4}" for rule in RULES))
     for r in rows:
-        print(f"{r['sweep']:8} {r['variant']:22} {r['full']:>8.4g} {r['halved']:>8.4g} {r['halved_off']:>4.1f} "
-              f"{r['fit']:>8.4g} {r['fit_off']:>4.1f}")
-    agree = {rule: sum(r[f"{rule}_off"] < 0.5 for r in rows) for rule in ("halved", "fit")}
-    within = {rule: sum(r[f"{rule}_off"] < 1.5 for r in rows) for rule in ("halved", "fit")}
-    print(f"\nSame rate as full length: halving's rule {agree['halved']} of {len(rows)}, fit {agree['fit']}; "
-          f"within one grid step: {within['halved']} and {within['fit']}")
+        print(f"{r['sweep']:8} {r['variant']:22} {r['full']:>8.4g}"
+              + "".join(f" {r[rule]:>8.4g} {r[rule + '_off']:>4.1f}" for rule in RULES))
+    agree = {rule: sum(r[f"{rule}_off"] < 0.5 for r in rows) for rule in RULES}
+    within = {rule: sum(r[f"{rule}_off"] < 1.5 for r in rows) for rule in RULES}
+    print(f"\nOf {len(rows)} variants, the same rate as full-length tuning: "
+          + ", ".join(f"{rule} {agree[rule]}" for rule in RULES)
+          + "; within one grid step: " + ", ".join(f"{rule} {within[rule]}" for rule in RULES))
     result = {"costs": costs, "choices": rows, "agree": agree, "within_one_step": within}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -113,6 +113,15 @@ class TuningPlan:
         """Jobs of both stages without extension."""
         return len(self.variants) * (len(self.grid) * len(self.tune_seeds) + len(self.seeds))
 
+    def halving_outline(self, the_rungs: List[Rung], eta: int) -> List[int]:
+        """Tuning runs per budget of successive halving before any extension: every grid value at the
+        first, then as many as `survivors` keeps of those (every variant and tuning seed counted)."""
+        counts, n = [], len(self.grid)
+        for _ in the_rungs:
+            counts.append(n * len(self.variants) * len(self.tune_seeds))
+            n = min(n, max(2, math.ceil(n / eta)))
+        return counts
+
     def max_extension_jobs(self, extend: int) -> int:
         """At most this many tuning runs are added where choices land on the grid's edge."""
         return len(self.variants) * max_extra_points(self.axes, extend) * len(self.tune_seeds)
