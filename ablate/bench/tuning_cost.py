@@ -72,8 +72,9 @@ def grid_steps(a: float, b: float, ratio: float = 2.0) -> float:
 
 def compare(sweep: str, full: dict[str, Any], halved: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
+    shared = set.intersection(*(set(c["variant"]) for c in full["choices"])) if full["choices"] else set()
     for f, h in zip(full["choices"], halved["choices"]):
-        own = [o for o in f["variant"] if not o.startswith(("train.", "schedule."))]
+        own = [o for o in f["variant"] if o not in shared]
         first = h.get("rungs", [{}])[0] if h.get("rungs") else None
         at_first = min(first["scores"].items(), key=lambda kv: kv[1])[0] if first and first["scores"] else None
         rows.append({"sweep": sweep, "variant": " ".join(own[-1:]) or "all",
