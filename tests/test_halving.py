@@ -17,10 +17,15 @@ from hydra_plugins.ablate_tuning_sweeper.halving import Rung, rungs, survivors, 
 from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import checked_halving
 
 
+def as_pairs(found) -> list[tuple[int, int]]:
+    """(steps, cooldown) per rung: Hydra's plugin scan may load the sweeper's modules afresh, so compare values."""
+    return [(r.steps, r.cooldown) for r in found]
+
+
 def test_rungs_end_past_warmup_keep_apart_and_fit_the_run():
-    assert rungs(300, 50, [0.2, 0.4], 0.2) == [Rung(65, 13), Rung(120, 24)]  # 0.2 x 300 = 60 < 50 + 15
-    assert rungs(170, 50, [0.2, 0.4], 0.2) == [Rung(68, 14)]  # 59 and 68 judge nearly the same runs
-    assert rungs(1000, 50, [0.1, 0.3, 1.0], 0.1) == [Rung(100, 10), Rung(300, 30), Rung(1000, 100)]
+    assert as_pairs(rungs(300, 50, [0.2, 0.4], 0.2)) == [(65, 13), (120, 24)]  # 0.2 x 300 = 60 < 50 + 15
+    assert as_pairs(rungs(170, 50, [0.2, 0.4], 0.2)) == [(68, 14)]  # 59 and 68 judge nearly the same runs
+    assert as_pairs(rungs(1000, 50, [0.1, 0.3, 1.0], 0.1)) == [(100, 10), (300, 30), (1000, 100)]
     assert rungs(57, 55, [0.5], 0.2) == []  # no stable phase after warmup to judge on
     for max_steps, warmup in [(300, 50), (170, 50), (2000, 100), (80, 0)]:
         found = rungs(max_steps, warmup, [0.05, 0.1, 0.2, 0.4, 0.8], 0.2)
@@ -193,7 +198,8 @@ def test_a_sweep_begun_before_halving_resumes_at_full_length_and_one_whose_varia
                             halving={"budgets": [0.2, 0.4], "eta": 3, "cooldown": 0.2})
     sweeper.config = OmegaConf.create({"train": {"max_steps": 300}, "schedule": {"warmup_steps": 50}})
     the_plan = plan(["norm=rms,ln", "train.seed=0,1"], sweeper.tune, [1000])
-    assert sweeper._halving_for(tmp_path, the_plan) == ([Rung(65, 13), Rung(120, 24)], None)  # a new sweep
+    found, reason = sweeper._halving_for(tmp_path, the_plan)
+    assert as_pairs(found) == [(65, 13), (120, 24)] and reason is None  # a new sweep
     (tmp_path / "tuning.json").write_text(json.dumps({"tuned": ["optim.lr"], "extend": 2, "choices": []}))
     rungs_, reason = sweeper._halving_for(tmp_path, the_plan)
     assert rungs_ == [] and "written before tuning was halved" in reason
