@@ -228,9 +228,8 @@ def setup(cfg: DictConfig, run_dir: Path, plan: RunDirPlan | None, choices: dict
     run = Run(cfg, run_dir, corpus, device, world, sweep_dir)
     if plan.action in ("resume", "branch"):  # the plan read the checkpoint (without running code) and checked it
         run.load_checkpoint(plan.state)
-        opening = f"resumed from {run.checkpoint_path} at step {run.step}" if plan.action == "resume" else \
-            f"{run_dir}:"
-        print(opening + "".join(f"; {n}" for n in plan.notes))
+        opening = [f"resumed from {run.checkpoint_path} at step {run.step}"] if plan.action == "resume" else []
+        print("; ".join(opening + plan.notes))  # a branch: its note says from which trunk, at which step
     if cfg.train.compile:
         run.model = torch.compile(run.model)
     summary = RunSummary(

@@ -274,7 +274,7 @@ class TuningSweeper(BasicSweeper):
         if self._begun_without(sweep_dir, "halving"):
             return [], f"{sweep_dir / 'tuning.json'} was written before tuning was halved: it resumes at full length"
         max_steps = int(OmegaConf.select(self.config, "train.max_steps"))
-        warmup = int(OmegaConf.select(self.config, "schedule.warmup_steps", default=0) or 0)
+        warmup = warmup_steps(self.config)
         ladder = OmegaConf.select(self.config, "ladder.name", default=None)
         the_rungs = rungs(max_steps, warmup, self.halving["budgets"], self.halving["cooldown"])
         if ladder:
@@ -353,6 +353,11 @@ def checked_halving(halving: Any) -> Optional[Dict[str, Any]]:
     return {"budgets": [float(b) for b in budgets], "eta": eta, "cooldown": float(cooldown)}
 
 
+def warmup_steps(config: Any) -> int:
+    """The sweep's schedule.warmup_steps: every rung's job keeps it, so its trunk is a prefix of a longer run."""
+    return int(OmegaConf.select(config, "schedule.warmup_steps", default=0) or 0)
+
+
 def _run_dir(job_return: Any, sweep_dir: Path, job_num: int) -> str:
     """Where a job trained: Hydra's record of its output directory, else the sweep's default subdir."""
     for key in ("runtime.output_dir", "hydra.runtime.output_dir"):
@@ -373,9 +378,10 @@ class FullLength:
         self.n_extension_runs = 0
         self.steps = 0
 
-    def launch(self, tried: "Tried", points: List[List[Point]], extra: Any = None) -> None:
+    def launch(self, tried: "Tried", points: List[List[Point]], extra: Any = None) -> List[Tuple[int, Point, str]]:
         """Launch the tuning runs of `points[v]` for each variant v (with `extra(v, point, seed)` overrides)
-        and record their scores in `tried`."""
+        and record their scores in `tried`; returns each run's (variant, point, seed), in job order."""
+        keys = [(v, p, s) for v, ps in enumerate(points) for p in ps for s in self.plan.tune_seeds]
         jobs = [[*(o for o in job if not is_rung_key(o)), *extra(v, p, s)] if extra else job
                 for v, ps in enumerate(points) for p in ps
                 for s, job in zip(self.plan.tune_seeds, self.plan.point_jobs(self.plan.variants[v], p))]
@@ -383,6 +389,7 @@ class FullLength:
         self.returns.append(rets)
         self.next_job += len(jobs)
         tried.add_stage(points, [_score(r) for r in rets], jobs)
+        return keys
 
     def run(self) -> None:
         grid = [[tuple(g) for g in self.plan.grid]] * len(self.plan.variants)
@@ -429,7 +436,7 @@ class Halving(FullLength):
     def __init__(self, sweeper: TuningSweeper, the_plan: TuningPlan, the_rungs: List[Rung], sweep_dir: Path) -> None:
         super().__init__(sweeper, the_plan)
         self.rungs, self.sweep_dir = the_rungs, sweep_dir
-        self.warmup = int(OmegaConf.select(sweeper.config, "schedule.warmup_steps", default=0) or 0)
+        self.warmup = warmup_steps(sweeper.config)
         self.rung_tried = [Tried(the_plan) for _ in the_rungs]  # per rung: its scores per variant and point
         self.dirs: List[Dict[Tuple[int, Point, str], str]] = [{} for _ in the_rungs]
         self.kept: List[List[List[Point]]] = []  # per rung after the first: each variant's points that went on
@@ -444,8 +451,7 @@ class Halving(FullLength):
             return rung.overrides(self.warmup, self.dirs[k - 1][(v, p, s)] if k else None)
 
         first = self.next_job
-        self.launch(self.rung_tried[k], points, extra)
-        keys = [(v, p, s) for v, ps in enumerate(points) for p in ps for s in self.plan.tune_seeds]
+        keys = self.launch(self.rung_tried[k], points, extra)
         for i, (key, ret) in enumerate(zip(keys, self.returns[-1])):
             self.dirs[k][key] = _run_dir(ret, self.sweep_dir, first + i)
         self.steps += rung.trained(previous) * len(keys)
