@@ -23,7 +23,7 @@ _HOME = {
     "NoRunsError": "build", "build_report": "build", "gather": "build",
     "ranked_frame": "markdown",
     "choose_metric": "stats", "config_table": "stats", "ranked_tables": "stats",
-    "compare_axes": "verdict", "comparisons_frame": "verdict", "holm": "verdict",
+    "compare_axes": "family", "comparisons_frame": "verdict", "holm": "sequential",
 }
 __all__ = sorted(_HOME)
 

@@ -22,7 +22,8 @@ from analysis.ladder import RUNG_KEY, is_ladder, ladder_of
 from analysis.markdown import document, to_markdown
 from analysis.stats import axis_table, choose_metric, config_table, ranked_tables
 from analysis.tuning import TUNE_STAGE, tuning_of
-from analysis.verdict import compare_axes, comparisons_frame
+from analysis.family import compare_axes
+from analysis.verdict import comparisons_frame
 
 
 class NoRunsError(FileNotFoundError):
@@ -65,6 +66,9 @@ def _tuned_jobs(sweeper, task: list[str], sweep: Path) -> int | None:
         recorded = json.loads((sweep / "tuning.json").read_text(encoding="utf-8"))
         if isinstance(recorded.get("scores"), list):  # every tuning run, at whichever budget it was judged
             verdict = 0 if recorded.get("tune_only") else len(the_plan.variants) * len(the_plan.seeds)
+            looks = sweep / "looks.json"  # a sequential verdict: the runs its looks launched so far
+            if looks.is_file():
+                verdict = sum(int(r["runs"]) for r in json.loads(looks.read_text(encoding="utf-8"))["rounds"])
             return len(recorded["scores"]) + verdict
         return the_plan.n_jobs + int(recorded.get("n_extension_runs", 0))
     except (OSError, ValueError, TypeError, AttributeError):

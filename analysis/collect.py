@@ -24,7 +24,7 @@ from analysis.evidence import sweep_file_problems
 SUMMARY_FIELDS = [name for name in RUN_SUMMARY_FIELDS if name not in ("choices", "overrides", "sample")]
 # Columns that are never override keys (used to recognise override columns in a table read
 # back from results.csv, where DataFrame.attrs are lost).
-KNOWN_COLUMNS = {"run", "overrides", "choices", "stage", "did_not_learn", "tokens_per_s_reliable", "lr_at_rung",
+KNOWN_COLUMNS = {"run", "overrides", "choices", "stage", "look", "did_not_learn", "tokens_per_s_reliable", "lr_at_rung",
                  *SUMMARY_FIELDS}
 REPORT_DIRNAME = "report"
 RUNNING = "running"
@@ -42,7 +42,7 @@ SETTING_KEYS = ["model.d_model", "model.n_layers", "model.n_heads", "model.conte
 DEFAULT_STAGE = "verdict"  # compare.stage: runs of the verdict; `tune` runs only choose tuned values
 # Columns the report computes from a run's files: a summary.json field of the same name (another version's,
 # or a user's post-processing) is ignored, so the table always says what these files show.
-DERIVED_COLUMNS = {"run", "did_not_learn", "tokens_per_s_reliable", "stage", "lr_at_rung", *SETTING_KEYS}
+DERIVED_COLUMNS = {"run", "did_not_learn", "tokens_per_s_reliable", "stage", "look", "lr_at_rung", *SETTING_KEYS}
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -202,6 +202,8 @@ def _load_run(sweep: Path, run_dir: Path) -> tuple[dict[str, Any], list[str], li
     if select(config, "ladder.rung") is not None:  # a ladder's rung (ablate/config/rungs.py) set the rate it trained at
         row["lr_at_rung"] = select(config, "optim.lr")
     row["stage"] = str(select(config, "compare.stage") or DEFAULT_STAGE)
+    look = select(config, "compare.look")  # set by the tuning sweeper when the verdict's seeds come in looks
+    row["look"] = int(look) if isinstance(look, int) and not isinstance(look, bool) and look >= 1 else None
     row["_compare"] = select(config, "compare")
     row["_config"] = config  # dropped by load_results; used to fill keys a run did not override
     return row, keys, problems
@@ -283,8 +285,9 @@ def tokens_per_s_reliable(df: pd.DataFrame) -> pd.Series:
 
 
 def compare_settings(nodes: list[Any]) -> dict[str, Any]:
-    """`compare.baseline`, `compare.tuned`, `compare.alpha` as the runs recorded them (the most common
-    value if runs disagree; defaults where no run has the node)."""
+    """`compare.baseline`, `compare.tuned`, `compare.alpha` and the looks (`compare.looks`, `spending`,
+    `futility`) as the runs recorded them (the most common value if runs disagree; defaults where no run
+    has the node)."""
     def most_common(values: list[Any], default: Any) -> Any:
         values = [v for v in values if v is not None]
         if not values:
@@ -296,7 +299,11 @@ def compare_settings(nodes: list[Any]) -> dict[str, Any]:
     baseline = most_common([n.get("baseline") for n in nodes], {}) or {}
     return {"baseline": {str(k): str(v) for k, v in dict(baseline).items()},
             "tuned": [str(k) for k in (most_common([n.get("tuned") for n in nodes], []) or [])],
-            "alpha": float(most_common([n.get("alpha") for n in nodes], 0.05))}
+            "alpha": float(most_common([n.get("alpha") for n in nodes], 0.05)),
+            "looks": [int(x) for x in (most_common([n.get("looks") for n in nodes], []) or [])
+                      if isinstance(x, int) and not isinstance(x, bool)],
+            "spending": str(most_common([n.get("spending") for n in nodes], "obrien_fleming")),
+            "futility": float(most_common([n.get("futility") for n in nodes], 0.1))}
 
 
 def load_curves(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -18,7 +18,8 @@ import pandas as pd
 from analysis.scaling import (Bootstrap, Cell, JointFit, PowerLaw, bootstrap, cell_arrays, fit_joint,
                               fit_power_law, huber_scale, r_squared, run_arrays)
 from analysis.stats import usable
-from analysis.verdict import BETTER, NOT_COMPARED, WORSE, compare_axes
+from analysis.family import compare_axes
+from analysis.verdict import BETTER, NOT_COMPARED, WORSE
 
 RUNG_KEY = "ladder.rung"   # the sweep key of a ladder (ablate/config/rungs.py)
 R2_MIN = 0.95              # below: the power law does not describe the points, so no verdict from it
@@ -254,7 +255,7 @@ def _transfer(runs: pd.DataFrame, rung_key: str, order: list[str], axes: list[st
 def ladder_of(runs: pd.DataFrame, axes: list[str], metric: str, settings: dict[str, Any],
               info: dict[str, dict[str, Any]], n_boot: int = N_BOOTSTRAP) -> Ladder:
     """The ladder of the verdict's runs `runs`; `axes` are the compared axes (the rung key not among
-    them), `info` each axis's baseline (analysis.verdict.compare_axes)."""
+    them), `info` each axis's baseline (analysis.family.compare_axes)."""
     labels = variant_labels(runs, axes)
     variants = list(dict.fromkeys(labels))
     baseline = None

@@ -30,14 +30,16 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from analysis.sequential import holm
+
 BETTER, WORSE, NO_DIFFERENCE, NOT_COMPARED = "better", "worse", "no detectable difference", "not compared"
 UNSTABLE = "unstable"
 VERDICTS = (BETTER, WORSE, NO_DIFFERENCE, UNSTABLE, NOT_COMPARED)
 CONFIDENCE = 0.95
 POWER = 0.80
 COLUMNS = ["axis", "option", "baseline", "metric", "n", "n_baseline", "paired", "diff_mean", "ci_low",
-           "ci_high", "p_value", "p_adjusted", "verdict", "note", "n_seeds", "test", "did_not_learn", "diverged",
-           "diverged_baseline", "n_outcomes", "n_outcomes_baseline"]
+           "ci_high", "p_value", "p_adjusted", "verdict", "note", "look", "resolvable", "n_seeds", "test", "did_not_learn", "diverged",
+           "diverged_baseline", "n_outcomes", "n_outcomes_baseline", "conditional_power"]
 RANK_RESAMPLES = 9999  # permutations: exact enumeration up to 13 seeds (2^13 sign flips), seeded beyond
 
 
@@ -57,6 +59,11 @@ class Comparison:
     p_adjusted: float = math.nan
     verdict: str = NOT_COMPARED
     note: str = ""
+    look: int = 1            # the look of a sequential plan its verdict was reached at (1: a fixed plan)
+    resolvable: float = math.nan  # smallest difference its seeds resolve at 80 % power, at its look's level
+    conditional_power: float = math.nan  # open after its look: P(the last look rejects | the trend so far)
+    level: float = math.nan  # the per-test level its seeds had (alpha_look / tests): what `resolvable` uses
+    spread: float = math.nan  # sd of the per-seed differences (paired), else the pooled sd of one run
     n_seeds: int = 0
     test: str = ""
     did_not_learn: bool = False
@@ -81,21 +88,6 @@ class Comparison:
     def diverged_where(self) -> str:
         """' at its tuned rate 0.006': the rate the diverging side trained at, as the report says it."""
         return f" at its {'tuned ' if self.tuned else ''}{self.diverged_at}" if self.diverged_at else ""
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (Holm 1979): the i-th smallest p times (m - i + 1), made
-    non-decreasing, capped at 1. NaN entries stay NaN and do not count in m."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    if valid.size == 0:
-        return out.tolist()
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = order.size
-    scaled = (m - np.arange(m)) * p[order]
-    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return out.tolist()
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -254,6 +246,7 @@ def _difference(option_runs: pd.DataFrame, baseline_runs: pd.DataFrame, metric: 
             c.test, c.note = "paired", "one seed: no spread to test against (run at least 3 seeds)"
             return
         c.test = "paired t"
+        c.spread = float(per_seed.std(ddof=1))
         c.p_value, c.ci_low, c.ci_high = _t_test(per_seed.to_numpy(float))
     else:
         a, b = option_runs[metric].to_numpy(float), baseline_runs[metric].to_numpy(float)
@@ -266,6 +259,7 @@ def _difference(option_runs: pd.DataFrame, baseline_runs: pd.DataFrame, metric: 
                       f"against")
             return
         c.test = "Welch"
+        c.spread = pooled_sd([a, b])[0]
         c.p_value, c.ci_low, c.ci_high = _welch(a, b)
         c.note = "seeds do not pair (a run without its baseline twin): Welch's test, less sensitive"
     if c.ci_low == c.ci_high:
@@ -317,113 +311,6 @@ def pooled_sd(groups: list[np.ndarray]) -> tuple[float, int]:
     return (math.sqrt(num / dof), int(dof)) if dof else (math.nan, 0)
 
 
-# -- from runs to comparisons --------------------------------------------------------------------
-CONF = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
-
-
-def project_default(axis: str) -> str | None:
-    """The option (group axis) or value (dotted key) that conf/config.yaml's defaults list selects,
-    read from this repository's conf/ (no Hydra composition, no training code)."""
-    import yaml
-
-    try:
-        defaults = yaml.safe_load((CONF / "config.yaml").read_text(encoding="utf-8"))["defaults"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    chosen = {str(k): str(v) for item in defaults if isinstance(item, dict) for k, v in item.items()}
-    group, _, rest = axis.lstrip("+").partition(".")
-    if not rest:
-        return chosen.get(group)
-    if group not in chosen:
-        return None
-    try:
-        node = yaml.safe_load((CONF / group / f"{chosen[group]}.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    for part in rest.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return None if node is None or isinstance(node, (dict, list)) else str(node)
-
-
-def baseline_of(axis: str, options: list[str], settings: dict[str, Any]) -> tuple[str, str]:
-    """(baseline option, where it came from) for an axis whose options were run in `options` order."""
-    def find(wanted: str) -> str | None:  # the spelling as run; by value only if no run spells it so
-        return wanted if wanted in options else next((o for o in options if same_value(o, wanted)), None)
-
-    named = settings.get("baseline", {})
-    for key in (axis, axis.lstrip("+")):
-        if key in named:
-            return find(named[key]) or named[key], "compare.baseline"
-    default = project_default(axis)
-    if default is not None:
-        match = find(default)
-        if match is not None:
-            return match, "the default in conf/config.yaml"
-    return options[0], ("the first option run (no default known for this axis: set "
-                        f"compare.baseline={{{axis.lstrip('+')}: OPTION}} to choose)")
-
-
-def compare_axes(df: pd.DataFrame, axes: list[str], metric: str, settings: dict[str, Any],
-                 context: list[str] | None = None) -> tuple[list[Comparison], dict[str, dict[str, Any]]]:
-    """Every option of every axis against the axis's baseline, Holm-corrected together.
-
-    `context`: swept keys that are not compared but hold cells apart like another axis (a ladder's
-    rung: runs pair by seed within a rung, and a difference is averaged over the rungs).
-    Returns the comparisons and, per axis, its baseline, where the baseline came from, and the
-    noise and power figures (`axis_noise`)."""
-    alpha = float(settings.get("alpha", 0.05))
-    context = list(context or [])
-    runs = df[df["stage"] == "verdict"] if "stage" in df else df
-    comparisons: list[Comparison] = []
-    info: dict[str, dict[str, Any]] = {}
-    for axis in axes:
-        values = runs[axis].astype("string").fillna("?")
-        options = list(dict.fromkeys(values))
-        baseline, source = baseline_of(axis, options, settings)
-        base_mask = values == baseline
-        others = [a for a in axes if a != axis] + context
-        info[axis] = {"baseline": baseline, "source": source, "options": options}
-        for option in options:
-            if option == baseline:
-                continue
-            c = Comparison(axis, option, baseline, metric)
-            opt_mask = values == option
-            opt_runs, base_runs = _clean_cells(runs, opt_mask, base_mask, others, metric, baseline, c)
-            if opt_runs is None:
-                comparisons.append(c)
-                continue
-            compare_option(opt_runs, base_runs, metric, others, c)
-            if c.unstable:
-                side = opt_runs if c.diverged else base_runs
-                c.diverged_at = rate_of(side[side["status"] == "diverged"], settings.get("tuned") or [])
-                c.tuned = "optim.lr" in (settings.get("tuned") or [])
-            excluded = _status_counts(runs[opt_mask], diverged_explained=c.unstable or c.diverged > 0)
-            if excluded:
-                c.note = "; ".join(p for p in (c.note, f"not in the test: {excluded}") if p)
-            comparisons.append(c)
-    decide(comparisons, alpha)
-    n_tests = sum(not math.isnan(c.p_value) for c in comparisons)
-    for c in comparisons:
-        if c.verdict == UNSTABLE:
-            c.advice = instability_advice(c, alpha / max(n_tests, 1))
-    for axis in axes:
-        info[axis].update(axis_noise(df, runs, axis, axes + context, metric, [c for c in comparisons if c.axis == axis],
-                                     alpha, n_tests))
-    return comparisons, info
-
-
-def rate_of(runs: pd.DataFrame, tuned: list[str]) -> str:
-    """The learning rate (and other tuned keys) these runs trained at, e.g. "rate 0.006"; '' unknown."""
-    parts = []
-    for key in dict.fromkeys(["optim.lr", *tuned]):
-        if key not in runs:
-            continue
-        values = [f"{v:g}" if isinstance(v, float) else str(v) for v in dict.fromkeys(runs[key].dropna())]
-        if values:
-            parts.append(("rate " if key == "optim.lr" else f"`{key}` ") + ", ".join(values))
-    return ", ".join(parts)
-
-
 def seeds_for_rank_verdict(level: float) -> int:
     """Fewest seeds at which the signed-rank test can reach `level` at all: its smallest two-sided p,
     every seed favouring one side, is 2 / 2^n."""
@@ -451,89 +338,6 @@ def _usable(runs: pd.DataFrame, metric: str) -> pd.Series:
     if "did_not_learn" in runs:
         ok &= ~runs["did_not_learn"].astype(bool)
     return ok
-
-
-def _status_counts(runs: pd.DataFrame, diverged_explained: bool = False) -> str:
-    """Runs of an option outside the test, by status (diverged ones when the note does not already
-    say where they went: into the rank test, or out where both sides diverged)."""
-    left_out = ~runs["status"].isin(["completed", "diverged"] if diverged_explained else ["completed"])
-    counts = runs.loc[left_out, "status"].value_counts()
-    return ", ".join(f"{n} {s}" for s, n in counts.items())
-
-
-def _blocking_problem(runs: pd.DataFrame, metric: str) -> tuple[str, str]:
-    """(short reason, sentence) why a set of runs cannot enter a comparison; ('', '') when it can."""
-    n = len(runs)
-    if "did_not_learn" in runs and runs["did_not_learn"].any():
-        k = int(runs["did_not_learn"].sum())
-        return "did not learn", (f"did not learn in {k} of {n} runs (final loss within 2 % of the unigram "
-                                 f"baseline): its learning rate or training budget does not suit it, so "
-                                 f"a comparison would measure that, not the design")
-    if not (_usable(runs, metric) | (runs["status"] == "diverged")).any():
-        return "no completed run", "has no completed run with a " + metric
-    return "", ""
-
-
-def _clean_cells(runs: pd.DataFrame, opt_mask: pd.Series, base_mask: pd.Series, others: list[str],
-                 metric: str, baseline: str, c: Comparison) -> tuple[Any, Any]:
-    """The option's and the baseline's runs, less the cells (values of the other axes) where either
-    side did not learn or has no outcome: there the difference would measure the learning rate or
-    budget, not the design (a divergence is an outcome: `compare_option` tests it). (None, None)
-    with `c.note` set when no cell is left."""
-    cell = (runs[others].astype("string").fillna("?").agg(" ".join, axis=1) if others
-            else pd.Series("", index=runs.index))
-    keep, dropped = pd.Series(True, index=runs.index), []
-    c.did_not_learn = False
-    for value in dict.fromkeys(cell[opt_mask | base_mask]):
-        here = cell == value
-        short, long = _blocking_problem(runs[opt_mask & here], metric)
-        side = f"`{c.option}`"
-        if not short:
-            short, long = _blocking_problem(runs[base_mask & here], metric)
-            side = f"the baseline `{baseline}`"
-        elif short == "did not learn":
-            c.did_not_learn = True
-        if short:
-            keep &= ~here
-            where = ", ".join(f"{a}={v}" for a, v in zip(others, value.split(" "))) if others else ""
-            dropped.append((short, f"{side} {long}" + (f" (at {where})" if where else "")))
-    c.n = int(_usable(runs[opt_mask], metric).sum())
-    c.n_baseline = int(_usable(runs[base_mask], metric).sum())
-    if not (keep & opt_mask).any() or not (keep & base_mask).any():
-        c.reason = dropped[0][0] if dropped else "no runs"
-        if c.reason != "did not learn" or not c.did_not_learn:
-            c.reason = ("baseline " if dropped and dropped[0][1].startswith("the baseline") else "") + c.reason
-        c.note = "; ".join(text for _, text in dropped)
-        return None, None
-    c.did_not_learn = False  # compared on the cells where both trained; the note names the others
-    if dropped:
-        c.note = "left out: " + "; ".join(text for _, text in dropped)
-    return runs[opt_mask & keep], runs[base_mask & keep]
-
-
-def axis_noise(df: pd.DataFrame, runs: pd.DataFrame, axis: str, axes: list[str], metric: str,
-               comparisons: list[Comparison], alpha: float, n_tests: int) -> dict[str, Any]:
-    """Seed noise of an axis and the smallest difference resolvable at 80 % power.
-
-    Paired axes: pooled spread of the per-seed differences over the axis's options; otherwise the
-    pooled spread of single runs within a configuration. The level is alpha / (number of tests):
-    Holm's first, strictest step, so the figure holds for every comparison of the report."""
-    paired = [c for c in comparisons if len(c.seed_diffs) >= 2]  # set only when the difference paired
-    if paired:
-        sd, dof = pooled_sd([np.array(list(c.seed_diffs.values())) for c in paired])
-        n = int(np.median([c.n_seeds for c in paired]))
-    else:
-        ok = runs[_usable(runs, metric)]
-        groups = [g[metric].to_numpy(float) for _, g in ok.groupby([ok[a].astype("string") for a in axes])] \
-            if len(ok) else []
-        sd, dof = pooled_sd(groups)
-        per_option = ok.groupby(ok[axis].astype("string"))["seed"].nunique() if len(ok) else pd.Series(dtype=int)
-        n = int(per_option.median()) if len(per_option) else 0
-    level = alpha / max(n_tests, 1)
-    more = 5 if n < 5 else 2 * n
-    return {"paired": bool(paired), "noise_sd": sd, "noise_dof": dof, "n_seeds": n, "level": level,
-            "detectable": detectable_difference(sd, n, level, bool(paired)),
-            "more_seeds": more, "detectable_more": detectable_difference(sd, more, level, bool(paired))}
 
 
 def comparisons_frame(comparisons: list[Comparison]) -> pd.DataFrame:

@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from analysis.build import build_report
-from analysis.verdict import (BETTER, NO_DIFFERENCE, UNSTABLE, WORSE, compare_axes, rank_test,
-                              seeds_for_rank_verdict)
+from analysis.family import compare_axes
+from analysis.verdict import BETTER, NO_DIFFERENCE, UNSTABLE, WORSE, rank_test, seeds_for_rank_verdict
 from tests.synthetic import write_run
 from tests.test_calibration import SIGMA, tolerance
 

@@ -75,6 +75,18 @@ class CompareConfig:
     alpha: float = knob(0.05, gt=0, lt=1, doc="family-wise error rate of the report's tests (Holm-corrected)")
     stage: str = knob("verdict", choices=("verdict", "tune"), doc="set by the tuning sweeper: `tune` runs "
                       "only choose the tuned values and never enter the verdict")
+    looks: Optional[List[int]] = knob(None, doc="verdict seeds at each look of a sequential plan, e.g. [3, 6, 10] "
+                                      "(hydra/sweeper=ablate_tuned): after each look only comparisons still open "
+                                      "get more seeds; null: every seed at once")
+    look: Optional[int] = knob(None, ge=1, doc="set by the tuning sweeper: the look this verdict run belongs to")
+    spending: str = knob("obrien_fleming", choices=("obrien_fleming", "pocock"),
+                         doc="how alpha is spent over the looks (Lan-DeMets): obrien_fleming keeps most for the "
+                             "last look, pocock spends early so large effects stop sooner")
+    futility: float = knob(0.1, ge=0, lt=1, doc="an open comparison gets the next look's seeds only while its "
+                           "conditional power (current trend) is at least this")
+    budget: Dict[str, float] = knob(default_factory=dict, doc="caps the sweep: {runs: N} (every job counted) or "
+                                    "{minutes: M} (this invocation's wall clock); a look that would pass it "
+                                    "continues only the comparisons it can afford, most promising first")
 
 
 @dataclass

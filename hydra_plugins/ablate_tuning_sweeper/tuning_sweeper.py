@@ -17,7 +17,11 @@ judges each variant at its own best value:
    among all its tuning runs (with halving: among those judged at the last budget; the job's return
    value; a failed or diverged run counts as +inf);
 4. verdict stage: every variant x the verdict seeds of `params` (`train.seed: 0,1,2`), fresh runs at
-   the chosen value.
+   the chosen value. With `compare.looks` (e.g. [3, 6, 10], `train.seed: range(0,10)`) the seeds come in
+   looks (class Looks): after each look the judge (`judge`, analysis/interim.py: the report's own decision
+   on the runs so far, each look at its share of alpha, analysis/sequential.py) says which comparisons are
+   still open and worth more seeds, and only their variants train the next look; `compare.budget`
+   ({runs: N} or {minutes: M}) caps it; sweep_dir/looks.json records every look.
 
 The verdict's seeds never take part in the choice, so the luck that made a value look best on the
 tuning seeds does not flatter the verdict (choosing and judging on the same runs would; cf.
@@ -39,6 +43,7 @@ import itertools
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -74,6 +79,7 @@ class TuningSweeperConf:
     halving: Optional[HalvingConf] = field(default_factory=HalvingConf)  # null: every value at full length
     tune_only: bool = False  # stop once tuning.json holds the choice: no verdict runs
     max_batch_size: Optional[int] = None
+    judge: str = "analysis.interim.judge"  # the interim analysis after each look of compare.looks
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate_tuned", node=TuningSweeperConf,
@@ -99,10 +105,14 @@ class TuningPlan:
         marks = self.marks("tune")
         return [[*variant, *point, f"{self.seed_key}={s}", *marks] for s in self.tune_seeds]
 
-    def verdict_jobs(self, chosen: List[Optional[List[str]]]) -> List[List[str]]:
-        marks = self.marks("verdict")
-        return [[*v, *(c or []), f"{self.seed_key}={s}", *marks]
-                for v, c in zip(self.variants, chosen) for s in self.seeds]
+    def verdict_jobs(self, chosen: List[Optional[List[str]]], seeds: Optional[List[str]] = None,
+                     variants: Optional[List[int]] = None, look: Optional[int] = None) -> List[List[str]]:
+        """The verdict runs at the chosen values: every variant x seed, or (a look of a sequential plan) the
+        variants numbered in `variants` x `seeds`, marked with their look."""
+        marks = self.marks("verdict") + ([f"compare.look={look}"] if look is not None else [])
+        which = range(len(self.variants)) if variants is None else variants
+        return [[*self.variants[i], *(chosen[i] or []), f"{self.seed_key}={s}", *marks]
+                for i in which for s in (self.seeds if seeds is None else seeds)]
 
     def marks(self, stage: str) -> List[str]:
         # recorded in every run's config, so the report knows which runs to test and what was tuned
@@ -227,7 +237,7 @@ def _score(job_return: Any) -> float:
 class TuningSweeper(BasicSweeper):
     def __init__(self, params: Optional[Dict[str, str]], tune: Optional[Dict[str, str]], tune_seeds: List[int],
                  seed_key: str, max_batch_size: Optional[int], extend: int = 2, halving: Any = None,
-                 tune_only: bool = False) -> None:
+                 tune_only: bool = False, judge: str = "analysis.interim.judge") -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.tune = {str(k): str(v) for k, v in (tune or {}).items()}
         self.tune_seeds = list(tune_seeds)
@@ -238,6 +248,7 @@ class TuningSweeper(BasicSweeper):
         self.extend = extend
         self.halving = checked_halving(halving)
         self.tune_only = bool(tune_only)
+        self.judge = judge
 
     def _launch(self, jobs: List[List[str]], first: int) -> List[Any]:
         size = self.max_batch_size or max(len(jobs), 1)
@@ -288,6 +299,8 @@ class TuningSweeper(BasicSweeper):
         the_plan = plan(self._parse_config() + list(arguments), self.tune, self.tune_seeds, self.seed_key,
                         parser)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        looks = checked_looks(self.config, the_plan.seeds, self.seed_key)  # refused before any run
+        budget = checked_budget(self.config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.extend = self._extend_for(sweep_dir)
         the_rungs, not_halved = self._halving_for(sweep_dir, the_plan)
@@ -319,6 +332,8 @@ class TuningSweeper(BasicSweeper):
             log.info(f"ablate_tuned: hydra.sweeper.tune_only=true: the choice is in {sweep_dir / 'tuning.json'}; "
                      f"no verdict runs")
             return tuning.returns
+        if looks:
+            return [*tuning.returns, *Looks(self, the_plan, chosen, looks, budget, sweep_dir, tuning.next_job).run()]
         verdict = the_plan.verdict_jobs(chosen)
         log.info(f"ablate_tuned: stage 2, {len(verdict)} verdict runs at the chosen values")
         return [*tuning.returns, self._launch(verdict, tuning.next_job)]
@@ -489,3 +504,125 @@ class Halving(FullLength):
                         "scores": {" ".join(p): m for p, m in tried.means(variant).items()},
                         "went_on": [" ".join(p) for p in went_on]})
         return {"rungs": out}
+
+
+def checked_looks(config: Any, seeds: List[str], seed_key: str) -> List[int]:
+    """`compare.looks` as a list of seed counts (empty: every verdict seed at once); HydraException naming
+    the problem before any run."""
+    looks = OmegaConf.select(config, "compare.looks", default=None)
+    if looks is None:
+        return []
+    looks = list(looks)
+    fine = bool(looks) and all(isinstance(n, int) and not isinstance(n, bool) for n in looks)
+    if not fine or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:])):
+        raise HydraException(f"compare.looks={looks!r} must be whole numbers of verdict seeds growing from look to look, "
+                             f"the first at least 2 (a t-test needs 2 seeds), e.g. [3, 6, 10]; or null for every seed at "
+                             f"once")
+    if looks[-1] != len(seeds):
+        raise HydraException(f"compare.looks={looks} plans {looks[-1]} verdict seeds at its last look, but {seed_key} "
+                             f"gives {len(seeds)} ({','.join(seeds)}): list {looks[-1]}, e.g. "
+                             f"{seed_key}=range(0,{looks[-1]}), or change the looks")
+    if OmegaConf.select(config, "ladder.name", default=None):
+        raise HydraException("compare.looks with +ladder=...: a ladder's verdict is read per rung and over the fit, "
+                             "which the looks do not plan for yet; set compare.looks=null")
+    return looks if len(looks) > 1 else []
+
+
+def checked_budget(config: Any) -> Dict[str, float]:
+    """`compare.budget` as {runs: N} or {minutes: M} (empty: no cap); HydraException before any run."""
+    budget = OmegaConf.select(config, "compare.budget", default=None)
+    budget = dict(OmegaConf.to_container(budget) if OmegaConf.is_config(budget) else budget or {})
+    if not budget:
+        return {}
+    (key, value), *rest = budget.items()
+    if rest or key not in ("runs", "minutes") or isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not value > 0:
+        raise HydraException(f"compare.budget={budget!r} must name one cap: {{runs: N}} (every job of the sweep "
+                             f"counted) or {{minutes: M}} (this invocation's wall clock), with a number > 0")
+    return {key: float(value)}
+
+
+def _in(variant: List[str], comparison: Dict[str, Any]) -> bool:
+    """Whether a variant's runs enter a comparison: its value of the comparison's axis is the option or
+    the baseline (as the report spells them; numbers also by value)."""
+    def same(a: str, b: str) -> bool:
+        try:
+            return a == b or float(a) == float(b)
+        except ValueError:
+            return False
+
+    axis = str(comparison["axis"]).lstrip("+~")
+    return any(_key(o) == axis and (same(o.split("=", 1)[1], str(comparison["option"])) or
+                                    same(o.split("=", 1)[1], str(comparison["baseline"]))) for o in variant)
+
+
+class Looks:
+    """The verdict stage in looks (`compare.looks`, analysis/sequential.py): look 1 trains every variant on
+    the first seeds; after each look the judge (`hydra.sweeper.judge`, the report's own decision on the
+    runs so far) says which comparisons are still open and worth more seeds, and only their variants
+    train the next look's seeds. Deterministic given the runs, so a re-run plans the same jobs."""
+
+    def __init__(self, sweeper: TuningSweeper, the_plan: TuningPlan, chosen: List[Optional[List[str]]],
+                 looks: List[int], budget: Dict[str, float], sweep_dir: Path, next_job: int) -> None:
+        self.sweeper, self.plan, self.chosen, self.looks = sweeper, the_plan, chosen, looks
+        self.budget, self.sweep_dir, self.next_job = budget, sweep_dir, next_job
+        self.rounds: List[Dict[str, Any]] = []
+
+    def run(self) -> List[Any]:
+        from hydra.utils import get_method
+
+        judge = get_method(self.sweeper.judge)
+        started, returns, active, done = time.monotonic(), [], list(range(len(self.plan.variants))), 0
+        for k, n in enumerate(self.looks, 1):
+            seeds = self.plan.seeds[done:n]
+            jobs = self.plan.verdict_jobs(self.chosen, seeds, active, look=k)
+            log.info(f"ablate_tuned: verdict look {k} of {len(self.looks)}: {len(jobs)} runs ({len(active)} variants "
+                     f"x seeds {','.join(seeds)})")
+            began = time.monotonic()
+            returns.append(self.sweeper._launch(jobs, self.next_job))
+            self.next_job += len(jobs)
+            self.rounds.append({"look": k, "seeds": seeds, "variants": active, "runs": len(jobs),
+                                "wall_s": time.monotonic() - began})
+            done = n
+            if k == len(self.looks):
+                break
+            verdict = judge(str(self.sweep_dir), k)
+            states = {c["state"] for c in verdict["comparisons"]}
+            for c in verdict["comparisons"]:
+                log.info(f"ablate_tuned: after look {k}: {c['axis']}={c['option']} vs {c['baseline']}: {c['state']}"
+                         + (f" (conditional power {c['conditional_power']:.2f})"
+                            if c["state"] in ("open", "futile") and c["conditional_power"] == c["conditional_power"]
+                            else ""))
+            active = self.affordable([c for c in verdict["comparisons"] if c["state"] == "open"],
+                                     len(self.plan.seeds[done:self.looks[k]]), time.monotonic() - started)
+            self.rounds[-1]["states"] = {c["axis"] + "=" + c["option"]: c["state"] for c in verdict["comparisons"]}
+            self.write()
+            if not active:
+                log.info(f"ablate_tuned: no comparison left open after look {k} ({', '.join(sorted(states))}): "
+                         f"the verdict stops at {n} seeds")
+                break
+        self.write()
+        return returns
+
+    def affordable(self, still_open: List[Dict[str, Any]], n_seeds: int, elapsed_s: float) -> List[int]:
+        """The variants the next look trains: those of the open comparisons, most promising (highest
+        conditional power) first while the budget lasts."""
+        ranked = sorted(still_open, key=lambda c: -(c["conditional_power"] if c["conditional_power"] ==
+                                                   c["conditional_power"] else 1.0))
+        per_run = sum(r["wall_s"] for r in self.rounds) / max(sum(r["runs"] for r in self.rounds), 1)
+        chosen: List[int] = []
+        for c in ranked:
+            more = [i for i, v in enumerate(self.plan.variants) if _in(v, c) and i not in chosen]
+            runs = (len(chosen) + len(more)) * n_seeds
+            if "runs" in self.budget and self.next_job + runs > self.budget["runs"]:
+                continue
+            if "minutes" in self.budget and elapsed_s + runs * per_run > 60 * self.budget["minutes"]:
+                continue
+            chosen += more
+        if len(chosen) < len({i for c in ranked for i, v in enumerate(self.plan.variants) if _in(v, c)}):
+            log.info(f"ablate_tuned: compare.budget={self.budget}: the next look trains only what it affords")
+        return sorted(chosen)
+
+    def write(self) -> None:
+        (self.sweep_dir / "looks.json").write_text(json.dumps({
+            "looks": self.looks, "seeds": self.plan.seeds, "budget": self.budget, "rounds": self.rounds}, indent=1) + "\n")

@@ -1,0 +1,126 @@
+"""Verdict seeds in looks (analysis/sequential.py, analysis/family.LookPlan, analysis/interim.states): the
+spending function's exact values, conditional power against a Monte Carlo of the real t-test, and the
+whole sequential procedure calibrated by simulation, every look counted, with the report's own code."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from scipy import stats
+
+from analysis.family import compare_axes
+from analysis.interim import DECIDED, FUTILE, OPEN, states
+from analysis.sequential import conditional_power, look_levels, spent
+from analysis.verdict import BETTER, WORSE
+from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import checked_budget, checked_looks
+from tests.test_calibration import SIGMA, tolerance
+
+LOOKS = [3, 6, 10]
+
+
+def test_spending_functions_have_their_closed_forms_and_the_looks_spend_exactly_alpha():
+    # O'Brien-Fleming-like at t = 0.5: 2 (1 - Phi(1.959964 / sqrt(0.5))) = 2 (1 - Phi(2.771808)) = 0.005575
+    assert spent(0.5, 0.05, "obrien_fleming") == pytest.approx(0.0055746, abs=2e-7)
+    assert spent(0.5, 0.05, "pocock") == pytest.approx(0.05 * math.log(1 + (math.e - 1) * 0.5))
+    for kind in ("obrien_fleming", "pocock"):
+        assert spent(0.0, 0.05, kind) == 0.0 and spent(1.0, 0.05, kind) == pytest.approx(0.05)
+        levels = look_levels(LOOKS, 0.05, kind)
+        assert sum(levels) == pytest.approx(0.05) and all(x > 0 for x in levels)
+    assert look_levels([], 0.05) == [0.05]
+    obf, pocock = look_levels(LOOKS, 0.05, "obrien_fleming"), look_levels(LOOKS, 0.05, "pocock")
+    assert obf[0] < pocock[0] and obf[-1] > pocock[-1]  # one spends late, the other early
+
+
+def test_conditional_power_matches_a_monte_carlo_of_the_final_t_test():
+    rng = np.random.default_rng(0)
+    first = np.array([0.8, 1.3, 0.2, 1.1, 0.6, 1.4])
+    mean, sd = first.mean(), first.std(ddof=1)
+    future = rng.normal(mean, sd, (40000, 4))
+    final = np.concatenate([np.broadcast_to(first, (40000, 6)), future], axis=1)
+    simulated = float((stats.ttest_1samp(final, 0.0, axis=1).pvalue < 0.01).mean())
+    assert conditional_power(first, 10, 0.01) == pytest.approx(simulated, abs=0.04)
+    assert conditional_power(first, 6, 0.01) != conditional_power(first, 6, 0.01)  # no seed to come: NaN
+    assert conditional_power([0.01, -0.012, 0.003], 10, 0.01) < 0.1  # a trend near 0 is futile
+
+
+def frame(losses: dict[str, np.ndarray], seeds: dict[str, list[int]], look_of: dict[int, int]) -> pd.DataFrame:
+    rows = [{"norm": o, "seed": s, "status": "completed", "final_val_loss": float(losses[o][s]), "stage": "verdict",
+             "look": look_of[s], "did_not_learn": False} for o in losses for s in seeds[o]]
+    df = pd.DataFrame(rows)
+    df.attrs.update({"override_keys": ["norm"]})
+    return df
+
+
+def sequential_sweep(losses: dict[str, np.ndarray], settings: dict) -> pd.DataFrame:
+    """The sweeper's loop on planted losses: look 1 every option, then only the open comparisons'
+    options (and the baseline) get the next look's seeds; returns the final comparisons."""
+    look_of = {s: next(k for k, n in enumerate(LOOKS, 1) if s < n) for s in range(LOOKS[-1])}
+    seeds = {o: list(range(LOOKS[0])) for o in losses}
+    for k in range(1, len(LOOKS)):
+        open_options = {c["option"] for c in states(frame(losses, seeds, look_of), settings) if c["state"] == OPEN}
+        for o in open_options | ({"rms"} if open_options else set()):
+            seeds[o] += list(range(LOOKS[k - 1], LOOKS[k]))
+    comparisons, _ = compare_axes(frame(losses, seeds, look_of), ["norm"], "final_val_loss", settings)
+    return pd.DataFrame([c.row() for c in comparisons])
+
+
+SETTINGS = {"alpha": 0.05, "tuned": [], "baseline": {"norm": "rms"}, "looks": LOOKS, "futility": 0.1,
+            "spending": "obrien_fleming"}
+
+
+def test_identical_options_are_rarely_called_different_over_every_look():
+    rng = np.random.default_rng(5)
+    found = total = 0
+    looks_used = set()
+    for _ in range(100):  # 3 comparisons each: 300
+        seed_effect = rng.normal(0, SIGMA, LOOKS[-1])
+        losses = {o: 3.0 + seed_effect + rng.normal(0, SIGMA, LOOKS[-1]) for o in ("rms", "ln", "none", "layer")}
+        table = sequential_sweep(losses, SETTINGS)
+        found += int(table["verdict"].isin([BETTER, WORSE]).sum())
+        total += len(table)
+        looks_used |= set(table["look"])
+    print(f"sequential A/A: {found} of {total} called different (bound {tolerance(total)}); looks {looks_used}")
+    assert total == 300 and found <= tolerance(total)
+    assert looks_used >= {1, 3}  # futile ones stopped after look 1, others ran to the end
+
+
+def test_a_planted_three_sigma_difference_is_found_and_a_large_one_stops_early():
+    rng = np.random.default_rng(6)
+    right, n, early, runs = 0, 60, 0, 0
+    for i in range(n):
+        sign = 1 if i % 2 else -1
+        losses = {"rms": 3.0 + rng.normal(0, SIGMA, 10), "ln": 3.0 + sign * 3 * SIGMA + rng.normal(0, SIGMA, 10),
+                  "none": 3.0 + 30 * SIGMA + rng.normal(0, SIGMA, 10)}
+        table = sequential_sweep(losses, SETTINGS).set_index("option")
+        right += table.loc["ln", "verdict"] == (WORSE if sign > 0 else BETTER)
+        early += table.loc["none", "verdict"] == WORSE and table.loc["none", "look"] < 3
+        assert table.loc["ln", "resolvable"] > 0
+    print(f"sequential 3 sigma: found {right} of {n}; 30 sigma decided before the last look {early} of {n}")
+    assert right >= 0.8 * n and early >= 0.8 * n
+
+
+def test_the_looks_and_the_budget_are_checked_before_any_run():
+    config = lambda **compare: OmegaConf.create({"compare": compare})
+    seeds = [str(s) for s in range(10)]
+    assert checked_looks(config(looks=None), seeds, "train.seed") == []
+    assert checked_looks(config(looks=[3, 6, 10]), seeds, "train.seed") == [3, 6, 10]
+    for bad, needle in (([3, 3, 10], "growing"), ([1, 10], "at least 2"), ([3, 6], "gives 10")):
+        with pytest.raises(HydraException, match=needle):
+            checked_looks(config(looks=bad), seeds, "train.seed")
+    assert checked_budget(config(budget={"runs": 40})) == {"runs": 40.0} and checked_budget(config()) == {}
+    with pytest.raises(HydraException, match="must name one cap"):
+        checked_budget(config(budget={"hours": 1}))
+
+
+def test_a_fixed_plan_is_one_look_at_the_whole_alpha():
+    rng = np.random.default_rng(7)
+    losses = {"rms": 3.0 + rng.normal(0, SIGMA, 5), "ln": 3.1 + rng.normal(0, SIGMA, 5)}
+    df = frame(losses, {o: list(range(5)) for o in losses}, {s: None for s in range(5)})
+    [c], _ = compare_axes(df, ["norm"], "final_val_loss", {**SETTINGS, "looks": []})
+    assert c.look == 1 and c.level == 0.05 and c.p_adjusted == pytest.approx(c.p_value)
+    assert states(df, {**SETTINGS, "looks": []})[0]["state"] == DECIDED
+    assert FUTILE != OPEN
