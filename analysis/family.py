@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis.sequential import conditional_power, holm, look_levels
 from analysis.verdict import (BETTER, NO_DIFFERENCE, UNSTABLE, WORSE, Comparison, compare_option, decide,
-                              detectable_difference, instability_advice, pooled_sd, _usable)
+                              detectable_difference, instability_advice, pooled_sd, same_value, _usable)
 
 # -- from runs to comparisons --------------------------------------------------------------------
 @dataclass
