@@ -14,11 +14,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate.config.values import same_value
 from analysis.sequential import conditional_power, holm, look_levels
 from analysis.verdict import (BETTER, NO_DIFFERENCE, UNSTABLE, WORSE, Comparison, compare_option, decide,
-                              detectable_difference, instability_advice, pooled_sd, same_value, _usable)
+                              detectable_difference, instability_advice, pooled_sd, _usable)
 
 # -- from runs to comparisons --------------------------------------------------------------------
+def runs_upto(runs: pd.DataFrame, look: int) -> pd.DataFrame:
+    """The runs of looks 1..`look` (a run without a look mark, or a fixed plan's, counts as the first's)."""
+    if "look" not in runs:
+        return runs
+    return runs[pd.to_numeric(runs["look"], errors="coerce").fillna(1) <= look]
+
+
 @dataclass
 class LookPlan:
     """The verdict's looks as its runs recorded them: `compare.looks` (the planned seeds at each look) and
@@ -47,10 +55,6 @@ class LookPlan:
     @property
     def levels(self) -> list[float]:
         return look_levels(self.looks, self.alpha, self.spending)
-
-    def upto(self, runs: pd.DataFrame, look: int) -> pd.DataFrame:
-        """The runs of looks 1..`look` (a run without a look mark counts as the first's)."""
-        return runs[pd.to_numeric(runs["look"], errors="coerce").fillna(1) <= look]
 
     def describe(self) -> dict[str, Any]:
         return {"looks": self.looks, "levels": self.levels, "spending": self.spending, "futility": self.futility,
@@ -84,6 +88,7 @@ class LookPlan:
                 c.conditional_power = (conditional_power(list(c.seed_diffs.values()), self.looks[-1],
                                                          levels[-1] / len(still_open))
                                        if c.seed_diffs and not c.unstable and k < len(self.looks) else math.nan)
+        by_look = [{_name(c): c for c in comparisons} for comparisons in per_look]
         out = []
         for c in per_look[-1]:
             if _name(c) in decided:
@@ -94,9 +99,10 @@ class LookPlan:
                         f"{c.diff_mean:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}] over all {c.n_seeds}")) if p)
                 c = first
             elif not math.isnan(c.p_value):
-                stop = next(k for k, at in enumerate(per_look, 1)
-                            if (lambda same: same is not None and same.n_seeds == c.n_seeds)(_find(at, c)))
-                c.conditional_power = _find(per_look[stop - 1], c).conditional_power
+                # the first look that already had all of its seeds: where more seeds stopped coming
+                stop = next(k for k, at in enumerate(by_look, 1)
+                            if _name(c) in at and at[_name(c)].n_seeds == c.n_seeds)
+                c.conditional_power = by_look[stop - 1][_name(c)].conditional_power
                 c.look = stop
                 if stop < self.reached:
                     why = (f"conditional power {c.conditional_power:.2f} < compare.futility={self.futility:g}"
@@ -110,10 +116,6 @@ class LookPlan:
 
 def _name(c: Comparison) -> tuple[str, str]:
     return c.axis, c.option
-
-
-def _find(comparisons: list[Comparison], c: Comparison) -> Comparison | None:
-    return next((x for x in comparisons if _name(x) == _name(c)), None)
 
 
 def resolvable(c: Comparison) -> float:
@@ -190,7 +192,7 @@ def compare_axes(df: pd.DataFrame, axes: list[str], metric: str, settings: dict[
         baseline, source = baseline_of(axis, options, settings)
         info[axis] = {"baseline": baseline, "source": source, "options": options}
     plan = LookPlan.of(settings, runs)
-    per_look = [_compare_all(plan.upto(runs, k) if plan.sequential else runs, axes, metric, settings, context,
+    per_look = [_compare_all(runs_upto(runs, k) if plan.sequential else runs, axes, metric, settings, context,
                              info) for k in range(1, plan.reached + 1)]
     comparisons = plan.decide(per_look)
     n_tests = sum(not math.isnan(c.p_value) for c in comparisons)

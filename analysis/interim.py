@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.collect import load_results, swept_axes
-from analysis.family import LookPlan, compare_axes
+from analysis.family import LookPlan, compare_axes, runs_upto
 from analysis.stats import choose_metric
 from analysis.tuning import TUNE_STAGE
 from analysis.verdict import BETTER, WORSE
@@ -28,7 +28,7 @@ def judge(sweep_dir: str, look: int) -> dict[str, Any]:
     (state: decided, futile, open or not tested), the verdict runs so far and their summed wall time."""
     df = load_results(Path(sweep_dir))
     runs = df[df["stage"] != TUNE_STAGE]
-    runs = LookPlan(0.05).upto(runs, look) if len(runs) else runs
+    runs = runs_upto(runs, look)
     runs.attrs.update(df.attrs)
     wall = pd.to_numeric(runs.get("wall_time_s", pd.Series(dtype=float)), errors="coerce").fillna(0.0).sum()
     return {"comparisons": states(runs, df.attrs["compare"]), "runs": len(runs), "wall_s": float(wall)}

@@ -90,16 +90,6 @@ class Comparison:
         return f" at its {'tuned ' if self.tuned else ''}{self.diverged_at}" if self.diverged_at else ""
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Option names compare as text; numbers also by value (`3e-3` is `0.003`)."""
-    if str(a) == str(b):
-        return True
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
-
-
 def _t_test(values: np.ndarray) -> tuple[float, float, float]:
     """(p, ci_low, ci_high) of a one-sample t-test of mean 0; no spread: exact answer, no p."""
     mean = float(values.mean())

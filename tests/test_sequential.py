@@ -124,3 +124,95 @@ def test_a_fixed_plan_is_one_look_at_the_whole_alpha():
     assert c.look == 1 and c.level == 0.05 and c.p_adjusted == pytest.approx(c.p_value)
     assert states(df, {**SETTINGS, "looks": []})[0]["state"] == DECIDED
     assert FUTILE != OPEN
+
+
+# --- the real sweeper on planted runs: a fake launcher writes each job's run directory -----------------
+
+class PlantedLauncher:
+    """Stands in for Hydra's launcher: each job becomes a run directory (tests/synthetic.write_run) whose
+    final loss is planted from its overrides; a directory already there is read, not written (a resume)."""
+
+    def __init__(self, sweep_dir, effect: dict[str, float]):
+        self.sweep_dir, self.effect, self.launched = sweep_dir, effect, []
+
+    def loss(self, overrides: dict[str, str]) -> float:
+        seed = int(overrides["train.seed"])
+        noise = np.random.default_rng([seed, sorted(self.effect).index(overrides["norm"])]).normal(0, SIGMA)
+        shared = np.random.default_rng([seed, 99]).normal(0, 2 * SIGMA)  # a seed's luck, common to its variants
+        return 3.0 + shared + noise + self.effect[overrides["norm"]] + abs(math.log(float(overrides["optim.lr"]) / 3e-3))
+
+    def launch(self, jobs, initial_job_idx):
+        import json
+
+        from hydra.core.utils import JobReturn, JobStatus
+
+        from tests.synthetic import write_run
+
+        returns = []
+        for i, job in enumerate(jobs, initial_job_idx):
+            overrides = dict(o.split("=", 1) for o in job)
+            run = self.sweep_dir / str(i)
+            if not (run / "summary.json").is_file():
+                write_run(run, overrides, self.loss(overrides))
+            self.launched.append(job)
+            returns.append(JobReturn(status=JobStatus.COMPLETED,
+                                     _return_value=json.loads((run / "summary.json").read_text())["final_val_loss"]))
+        return returns
+
+
+def planted_sweep(sweep_dir, effect, budget=None):
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import TuningSweeper
+
+    sweeper = TuningSweeper(None, {"optim.lr": "0.0015,0.003,0.006"}, [1000], "train.seed", None, extend=0)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "train": {"max_steps": 100},
+                                       "compare": {"looks": LOOKS, "budget": budget}})
+    sweeper.launcher = PlantedLauncher(sweep_dir, effect)
+    sweeper.hydra_context = type("Context", (), {"config_loader": None})()
+    sweeper.validate_batch_is_legal = lambda batch: None  # Hydra's composition check: no config loader here
+    sweeper.sweep([f"norm={','.join(effect)}", "train.seed=range(0,10)", f"compare.looks=[{','.join(map(str, LOOKS))}]"])
+    return sweeper.launcher.launched
+
+
+def test_the_real_sweeper_gives_later_looks_only_to_open_comparisons_and_a_rerun_launches_the_same(tmp_path):
+    import json
+
+    from analysis.build import build_report
+
+    effect = {"rms": 0.0, "ln": 1.5 * SIGMA, "none": 100 * SIGMA}
+    launched = planted_sweep(tmp_path, effect)
+    verdict = [dict(o.split("=", 1) for o in job) for job in launched if "compare.stage=verdict" in job]
+    assert all(v["optim.lr"] == "0.003" for v in verdict)  # every variant tuned to the planted best rate
+    record = json.loads((tmp_path / "looks.json").read_text())
+    rounds = record["rounds"]
+    assert rounds[0]["states"]["norm=none"] == DECIDED  # 100 sigma: decided at the first look (2 df: t > 50 at its share of alpha)
+    for before, after in zip(rounds, rounds[1:]):
+        still_open = {name.split("=")[1] for name, state in before["states"].items() if state == OPEN}
+        trained = {v["norm"] for v in verdict if int(v["compare.look"]) == after["look"]}
+        assert trained == (still_open | {"rms"} if still_open else set()), (before, after)
+        assert after["seeds"] == [str(s) for s in range(before_n(before), LOOKS[after["look"] - 1])]
+    assert sum(r["runs"] for r in rounds) == len(verdict) < 3 * 10  # fewer runs than every seed of every variant
+    build_report(tmp_path)
+    table = pd.read_csv(tmp_path / "report" / "comparisons.csv").set_index("option")
+    assert table.loc["none", "verdict"] == WORSE and table.loc["none", "look"] == 1
+    assert table.loc["none", "n_seeds"] == LOOKS[0] and table.loc["ln", "look"] == len(rounds)
+    assert table.loc["ln", "resolvable"] < table.loc["none", "resolvable"]  # more seeds resolve less
+    again = planted_sweep(tmp_path, effect)  # the same command into the same folder: the same jobs, in order
+    assert again == launched
+    timeless = lambda r: [{k: v for k, v in x.items() if k != "wall_s"} for x in r["rounds"]]
+    assert timeless(json.loads((tmp_path / "looks.json").read_text())) == timeless(record)
+
+
+def before_n(round_: dict) -> int:
+    return LOOKS[round_["look"] - 1]
+
+
+def test_a_runs_budget_caps_the_sweep_and_says_so(tmp_path):
+    import json
+
+    effect = {"rms": 0.0, "ln": 1.5 * SIGMA, "none": 0.0}
+    launched = planted_sweep(tmp_path, effect, budget={"runs": 3 * 3 + 3 * 3 + 2 * 3})
+    rounds = json.loads((tmp_path / "looks.json").read_text())["rounds"]
+    assert sum(r["runs"] for r in rounds) + 9 == len(launched) <= 3 * 3 + 3 * 3 + 2 * 3  # 9 tuning runs
+    # both comparisons open after look 1, but the cap affords one: the more promising, with its baseline
+    assert set(rounds[0]["states"].values()) == {OPEN} and [r["runs"] for r in rounds] == [9, 6]
+    assert len(rounds[1]["variants"]) == 2 and 0 in rounds[1]["variants"]  # rms, the baseline, is variant 0

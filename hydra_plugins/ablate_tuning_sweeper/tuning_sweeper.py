@@ -54,6 +54,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from ablate.config.values import same_value
 from hydra_plugins.ablate_tuning_sweeper.extension import Point, best_point, max_extra_points, next_points
 from hydra_plugins.ablate_tuning_sweeper.halving import Rung, is_rung_key, rungs, survivors, why_not_halved
 
@@ -538,22 +539,17 @@ def checked_budget(config: Any) -> Dict[str, float]:
     if rest or key not in ("runs", "minutes") or isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not value > 0:
         raise HydraException(f"compare.budget={budget!r} must name one cap: {{runs: N}} (every job of the sweep "
-                             f"counted) or {{minutes: M}} (this invocation's wall clock), with a number > 0")
+                             f"counted) or {{minutes: M}} (wall clock: this invocation's, plus the time resumed looks took "
+                             f"before), with a number > 0")
     return {key: float(value)}
 
 
 def _in(variant: List[str], comparison: Dict[str, Any]) -> bool:
     """Whether a variant's runs enter a comparison: its value of the comparison's axis is the option or
     the baseline (as the report spells them; numbers also by value)."""
-    def same(a: str, b: str) -> bool:
-        try:
-            return a == b or float(a) == float(b)
-        except ValueError:
-            return False
-
     axis = str(comparison["axis"]).lstrip("+~")
-    return any(_key(o) == axis and (same(o.split("=", 1)[1], str(comparison["option"])) or
-                                    same(o.split("=", 1)[1], str(comparison["baseline"]))) for o in variant)
+    return any(_key(o) == axis and (same_value(o.split("=", 1)[1], comparison["option"]) or
+                                    same_value(o.split("=", 1)[1], comparison["baseline"])) for o in variant)
 
 
 class Looks:
@@ -567,6 +563,15 @@ class Looks:
         self.sweeper, self.plan, self.chosen, self.looks = sweeper, the_plan, chosen, looks
         self.budget, self.sweep_dir, self.next_job = budget, sweep_dir, next_job
         self.rounds: List[Dict[str, Any]] = []
+        self.recorded, self.resumed_s = self.recorded_times(), 0.0
+
+    def recorded_times(self) -> Dict[int, float]:
+        """Each look's wall time as an earlier invocation of this sweep recorded it in looks.json."""
+        try:
+            rounds = json.loads((self.sweep_dir / "looks.json").read_text())["rounds"]
+            return {int(r["look"]): float(r["wall_s"]) for r in rounds}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
 
     def run(self) -> List[Any]:
         from hydra.utils import get_method
@@ -581,35 +586,40 @@ class Looks:
             began = time.monotonic()
             returns.append(self.sweeper._launch(jobs, self.next_job))
             self.next_job += len(jobs)
-            self.rounds.append({"look": k, "seeds": seeds, "variants": active, "runs": len(jobs),
-                                "wall_s": time.monotonic() - began})
+            took = time.monotonic() - began
+            if took < self.recorded.get(k, 0.0):  # resumed: its runs were skipped, they took their time before
+                self.resumed_s += self.recorded[k] - took
+                took = self.recorded[k]
+            self.rounds.append({"look": k, "seeds": seeds, "variants": active, "runs": len(jobs), "wall_s": took})
             done = n
             if k == len(self.looks):
                 break
             verdict = judge(str(self.sweep_dir), k)
-            states = {c["state"] for c in verdict["comparisons"]}
             for c in verdict["comparisons"]:
                 log.info(f"ablate_tuned: after look {k}: {c['axis']}={c['option']} vs {c['baseline']}: {c['state']}"
                          + (f" (conditional power {c['conditional_power']:.2f})"
                             if c["state"] in ("open", "futile") and c["conditional_power"] == c["conditional_power"]
                             else ""))
+            spent = time.monotonic() - started + self.resumed_s
+            per_run = sum(r["wall_s"] for r in self.rounds) / max(sum(r["runs"] for r in self.rounds), 1)
             active = self.affordable([c for c in verdict["comparisons"] if c["state"] == "open"],
-                                     len(self.plan.seeds[done:self.looks[k]]), time.monotonic() - started)
+                                     len(self.plan.seeds[done:self.looks[k]]), spent, per_run)
             self.rounds[-1]["states"] = {c["axis"] + "=" + c["option"]: c["state"] for c in verdict["comparisons"]}
             self.write()
             if not active:
-                log.info(f"ablate_tuned: no comparison left open after look {k} ({', '.join(sorted(states))}): "
+                log.info(f"ablate_tuned: no comparison left open after look {k} "
+                         f"({', '.join(sorted(set(self.rounds[-1]['states'].values())))}): "
                          f"the verdict stops at {n} seeds")
                 break
         self.write()
         return returns
 
-    def affordable(self, still_open: List[Dict[str, Any]], n_seeds: int, elapsed_s: float) -> List[int]:
+    def affordable(self, still_open: List[Dict[str, Any]], n_seeds: int, elapsed_s: float,
+                   per_run: float) -> List[int]:
         """The variants the next look trains: those of the open comparisons, most promising (highest
-        conditional power) first while the budget lasts."""
+        conditional power) first while the budget lasts (`per_run`: seconds one more run is expected to take)."""
         ranked = sorted(still_open, key=lambda c: -(c["conditional_power"] if c["conditional_power"] ==
                                                    c["conditional_power"] else 1.0))
-        per_run = sum(r["wall_s"] for r in self.rounds) / max(sum(r["runs"] for r in self.rounds), 1)
         chosen: List[int] = []
         for c in ranked:
             more = [i for i, v in enumerate(self.plan.variants) if _in(v, c) and i not in chosen]
