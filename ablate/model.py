@@ -9,6 +9,7 @@ components receive built modules, never option names, so nothing here branches o
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any
 
 import torch
@@ -43,6 +44,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg = typed(cfg)
         m = cfg.model
+        # drawn before any component consumes the global stream: what reset_parameters seeds each name from
+        # (a model built on the meta device, to count or check it, draws nothing)
+        on_meta = torch.empty(0).device.type == "meta"
+        init_seed = int(torch.randint(0, 2**62, (1,)).item()) if m.init_by_name and not on_meta else None
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, m.d_model)
         self.embed_scale = m.d_model ** 0.5 if m.scale_embeddings else None  # Gemma: embeddings * sqrt(d_model)
@@ -55,7 +60,7 @@ class Transformer(nn.Module):
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
         if m.tie_embeddings:
             self.head.weight = self.embed.weight  # one matrix reads and writes tokens (Press & Wolf 2017)
-        self.reset_parameters(m.init_std, m.n_layers)
+        self.reset_parameters(m.init_std, m.n_layers, init_seed)
         # Modules that report losses or measurements after a forward (MoE routers), found once here
         # rather than by walking every module at every step.
         self.reporting = [(path, module) for path, module in self.named_modules()
@@ -64,12 +69,17 @@ class Transformer(nn.Module):
         self.adapting = [module for module in self.modules()
                          if module is not self and hasattr(module, "after_optimizer_step")]
 
-    def reset_parameters(self, std: float, n_layers: int) -> None:
-        """N(0, std) weights, zero biases; residual output projections scaled by 1/sqrt(2 L) (GPT-2)."""
+    def reset_parameters(self, std: float, n_layers: int, init_seed: int | None = None) -> None:
+        """N(0, std) weights, zero biases; residual output projections scaled by 1/sqrt(2 L) (GPT-2).
+        With `init_seed`, each weight from a generator seeded by (init_seed, its module's name), so two
+        variants' weights of one name and shape start equal: a pair differs where the design does, not
+        because an extra or resized matrix earlier in the model shifted every later draw of one stream."""
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 scale = (2 * n_layers) ** -0.5 if name.endswith((".out", ".down")) else 1.0
-                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                generator = None if init_seed is None else torch.Generator().manual_seed(
+                    int.from_bytes(hashlib.blake2b(f"{init_seed}/{name}".encode(), digest_size=8).digest(), "big") >> 1)
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale, generator=generator)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 

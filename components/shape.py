@@ -20,6 +20,8 @@ class ModelConfig:
     dropout: float = knob(0.0, ge=0, lt=1, doc="dropout probability")
     bias: bool = False  # biases in linear layers and LayerNorm (GPT-2 has them, LLaMA does not)
     init_std: float = knob(0.02, gt=0, doc="std of the normal initialization")
+    init_by_name: bool = knob(True, doc="each weight drawn from its own stream, seeded by train.seed and its "
+                              "name: a weight two variants share starts equal in both (a paired comparison)")
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017; Gemma)
 
     @property

@@ -216,3 +216,29 @@ def test_a_runs_budget_caps_the_sweep_and_says_so(tmp_path):
     # both comparisons open after look 1, but the cap affords one: the more promising, with its baseline
     assert set(rounds[0]["states"].values()) == {OPEN} and [r["runs"] for r in rounds] == [9, 6]
     assert len(rounds[1]["variants"]) == 2 and 0 in rounds[1]["variants"]  # rms, the baseline, is variant 0
+
+
+def test_the_verdict_bench_reads_the_fixed_plan_off_the_first_look(tmp_path):
+    """`python -m ablate.bench --verdict`: the fixed 3-seed plan is the sequential sweep's first look,
+    tested at the whole alpha; here recomputed from that look's runs alone by the report's code."""
+    from ablate.bench.verdict_plans import plans, report
+    from analysis.collect import load_results
+
+    planted_sweep(tmp_path, {"rms": 0.0, "ln": 1.5 * SIGMA, "none": 100 * SIGMA})
+    found = plans(tmp_path)
+    fixed = {c["option"]: c for c in found["fixed"]["comparisons"]}
+    looks = {c["option"]: c for c in found["looks"]["comparisons"]}
+    assert {c["n_seeds"] for c in fixed.values()} == {3} and looks["ln"]["n_seeds"] == 10
+    assert found["fixed"]["runs"] == 9 + 9 and found["looks"]["runs"] == 9 + 9 + 6 + 8  # tuning + looks
+    assert looks["ln"]["resolvable"] < fixed["ln"]["resolvable"] / 2  # 10 seeds against 3
+    assert looks["none"] == {**looks["none"], "look": 1, "n_seeds": 3}  # decided at look 1: the same runs
+    rows = pd.DataFrame(found["fixed"]["comparisons"])
+    df = load_results(tmp_path)
+    first = df[(df["stage"] == "verdict") & (df["seed"].astype(int) < 3)]
+    [ln] = rows[rows["option"] == "ln"].to_dict("records")
+    diffs = (first[first["norm"] == "ln"].set_index("seed")["final_val_loss"]
+             - first[first["norm"] == "rms"].set_index("seed")["final_val_loss"])
+    assert ln["diff_mean"] == pytest.approx(diffs.mean()) and ln["p_value"] == pytest.approx(
+        stats.ttest_1samp(diffs, 0.0).pvalue)
+    found["looks"]["wall_s"], found["fixed"]["wall_s"] = 60.0, 30.0
+    assert "resolvable, fixed / looks:" in report({"planted": found})

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,6 +67,30 @@ def test_summary_has_the_contract_fields_and_true_counts(trained):
     assert (run_dir / "samples.txt").read_text().strip()
     for row in metrics(run_dir):
         assert {"step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s"} <= row.keys()
+
+
+def test_the_final_loss_is_every_non_overlapping_window_of_the_held_out_split(trained):
+    """final_val_loss scores the whole split (it is smaller than train.final_eval_tokens), recomputed here from
+    the saved weights with plain cross-entropy; the curve's last point keeps the eval_batches windows."""
+    from ablate.data.corpora import prepare
+    from ablate.training.evaluation import final_eval_starts
+
+    cfg, run_dir, summary = trained
+    model, _, _ = load_run(run_dir)
+    val = torch.from_numpy(prepare(cfg).val.astype("int64"))
+    context = cfg.model.context_length
+    n = (len(val) - 1) // context  # whole windows whose targets stay inside the split
+    x, y = val[:n * context].view(n, context), val[1:n * context + 1].view(n, context)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+    assert summary["final_val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert summary["final_eval_tokens"] == n * context
+    assert metrics(run_dir)[-1]["val_loss"] != summary["final_val_loss"]  # the curve's own windows
+    # past the cap: that many windows, spread evenly from the split's start to its end, none overlapping
+    starts = np.concatenate(final_eval_starts(10_000, 10, 200, 64))
+    assert len(starts) == 20 and starts[0] == 0 and starts[-1] == 9_980 and np.all(np.diff(starts) >= 10)
+    assert np.ptp(np.diff(starts)) <= 10 and final_eval_starts(10_000, 10, None, 64) is None
+    assert [len(b) for b in final_eval_starts(1_000, 10, 10**6, 32)] == [25, 25, 25, 24]  # 99 windows, <= 32 a batch
 
 
 def test_load_run_restores_the_trained_model(trained):

@@ -9,6 +9,7 @@
     python -m ablate.bench --startup                        # `run.py --cfg job` time, launch to first step
     python -m ablate.bench --shapes B --compile             # presets also under torch.compile, vs eager
     python -m ablate.bench --sweep                          # a small sweep: basic vs batched launcher, fp32 vs auto
+    python -m ablate.bench --verdict block                  # a predefined sweep's looks vs the fixed 3-seed plan
 
 What one step is: see ablate/bench/core.py (the same for every model; peers start from our weights).
 
@@ -136,7 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the --sweep grid (default 'norm=rms,ln train.seed=0,1,2')")
     p.add_argument("--sweep-steps", type=int, default=30, help="train.max_steps of each --sweep job (default 30)")
     p.add_argument("--run-overrides", type=lambda text: text.split(), default=[], metavar="'K=V ...'",
-                   help="extra run.py overrides for --startup (e.g. a small corpus)")
+                   help="extra run.py overrides for --startup and --verdict (e.g. a small corpus)")
+    p.add_argument("--verdict", type=lambda text: [t for t in text.split(",") if t], default=None, metavar="SWEEPS",
+                   help="predefined sweeps (comma list): their verdict plan against the fixed 3-seed plan "
+                        "(ablate/bench/verdict_plans.py; real sweeps, minutes each)")
+    p.add_argument("--verdict-dir", type=Path, default=Path("bench-verdict"),
+                   help="where --verdict's sweeps run (default ./bench-verdict; a finished one is read, not re-run)")
     p.add_argument("--models", action="store_true", help="the preset/peer table (the default when no section is named)")
     p.add_argument("--compile", action="store_true",
                    help="also time each preset under torch.compile (train.compile=true); reports the compile time")
@@ -149,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.peers = []
     if args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.repeats < 1 or args.sweep_steps < 1:
         p.error("--steps must be >= 1, --warmup >= 0, --threads >= 1, --repeats >= 1, --sweep-steps >= 1")
-    if not (args.components or args.tokenizer or args.data or args.startup or args.sweep):
+    if not (args.components or args.tokenizer or args.data or args.startup or args.sweep or args.verdict):
         args.models = True
     return args
 
@@ -161,6 +167,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ablate.bench.tables import report  # lazily: only the sections asked for are imported
 
     args = parse_args(argv)
+    if args.verdict:  # whole sweeps, each in its own processes: none of the in-process timing below
+        from ablate.bench.verdict_plans import bench_verdict
+
+        result = bench_verdict(args.verdict, args.verdict_dir, args.run_overrides)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return result
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

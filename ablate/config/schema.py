@@ -46,6 +46,10 @@ class TrainConfig:
     eval_interval: Optional[int] = knob(None, ge=1, doc="steps between validation losses; null = max_steps / 10 "
                                         "(ablate/training/evaluation.py)")
     eval_batches: int = knob(8, ge=1, doc="fixed validation windows, the same for every run of a sweep")
+    final_eval_tokens: Optional[int] = knob(
+        262144, ge=1, doc="the final loss (final_val_loss) over the held-out split's non-overlapping windows, "
+        "evenly spread, up to this many tokens (the whole split if smaller): less noise than eval_batches' "
+        "windows; null = the eval_batches windows")
     log_interval: int = knob(10, ge=1, doc="steps between rows of metrics.jsonl")
     resume: str = knob("auto", choices=("auto", "never"),
                        doc="auto: continue from the run directory's checkpoint if there is one")

@@ -25,6 +25,7 @@ class RunSummary:
     status: str = "running"  # one of STATUSES
     error: Optional[str] = None
     final_val_loss: Optional[float] = None  # nats per token, validation split, at the last step
+    final_eval_tokens: Optional[int] = None  # the tokens final_val_loss scored (null: train.eval_batches' windows)
     best_val_loss: Optional[float] = None
     val_bpb: Optional[float] = None  # bits per UTF-8 byte: comparable across tokenizers
     unigram_val_loss: Optional[float] = None  # the baseline: predict token frequencies only

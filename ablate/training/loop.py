@@ -73,7 +73,8 @@ class Session:
     job_started: float
     progress: bool
     machine_load: MachineLoad = field(default_factory=MachineLoad)
-    val_loss: float | None = None
+    val_loss: float | None = None  # the last evaluation's (train.eval_batches windows)
+    final_val_loss: float | None = None  # a completed run's, over train.final_eval_tokens (evaluate_final)
     trained_from: int = 0  # tokens seen when this process started training (a resume starts later)
     train_started: float = 0.0
     train_ended: float | None = None  # when training stopped (set by a batched ensemble for all its members)
@@ -151,6 +152,7 @@ class Session:
         self.summary.status = "completed"
         if self.val_loss is None:  # resumed a run that had already finished: report its loss again
             self.val_loss = self.run.evaluate()
+        self.final_val_loss = self.run.evaluate_final()
 
 
 @locked_run_dir  # one process per run directory (ablate.rundir.lock)
@@ -267,7 +269,9 @@ def loop(session: Session, stop: StopRequest) -> None:
 
 def finish(session: Session) -> None:
     """Fill the summary from the run, write the sample and summary.json, close the files and logger."""
-    run, summary, val_loss = session.run, session.summary, session.val_loss
+    run, summary = session.run, session.summary
+    val_loss = session.final_val_loss if session.final_val_loss is not None else session.val_loss
+    windows = run.final_eval_starts if session.final_val_loss is not None else None
     session.metrics.close()
     ended = session.train_ended or time.perf_counter()
     wall = ended - session.train_started if session.train_started else 0.0
@@ -275,6 +279,7 @@ def finish(session: Session) -> None:
     summary.update(
         final_val_loss=val_loss, best_val_loss=None if math.isinf(run.best_val_loss) else run.best_val_loss,
         val_bpb=None if val_loss is None else session.corpus.bits_per_byte(val_loss),
+        final_eval_tokens=None if windows is None else sum(map(len, windows)) * session.cfg.model.context_length,
         tokens_seen=run.tokens_seen, steps=run.step, wall_time_s=round(wall, 3),
         tokens_per_s=trained_tokens / wall if wall > 0 else None, **session.machine_load.shares())
     try:

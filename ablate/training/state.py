@@ -21,6 +21,7 @@ from ablate.data.corpora import TokenizedCorpus
 from ablate.machine.distributed import World
 from ablate.machine.hardware import Workload, choose_precision
 from ablate.model import Transformer
+from ablate.training.evaluation import final_eval_starts
 from ablate.rundir.checkpoint import CHECKPOINT, TRUNK, read_checkpoint, write_checkpoint
 from components.knobs import typed
 from components.losses import cross_entropy
@@ -105,6 +106,8 @@ class Run:
         starts = corpus.random_starts("val", cfg.train.eval_batches * cfg.train.batch_size,
                                       cfg.model.context_length, np.random.default_rng(EVAL_SEED))
         self.eval_starts = np.array_split(starts, cfg.train.eval_batches)
+        self.final_eval_starts = final_eval_starts(len(corpus.val), cfg.model.context_length,
+                                                   cfg.train.final_eval_tokens, cfg.train.batch_size)
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -157,16 +160,21 @@ class Run:
         return grad_norm
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows."""
+    def evaluate(self, batches: list[np.ndarray] | None = None) -> float:
+        """Mean loss per token over the fixed validation windows (`batches`: other windows' starts)."""
         self.model.eval()
-        losses = []
-        for starts in self.eval_starts:  # every rank evaluates the same windows: no communication needed
+        losses, counts = [], []
+        for starts in self.eval_starts if batches is None else batches:  # every rank the same: no communication
             x, y = (self.to_device(a) for a in self.corpus.windows("val", starts, self.cfg.model.context_length))
             with self.autocast():
                 losses.append(lm_loss(self.raw_model(x), y).item())
+            counts.append(len(starts))
         self.model.train()
-        return float(np.mean(losses))
+        return float(np.average(losses, weights=counts))
+
+    def evaluate_final(self) -> float:
+        """The final loss: over train.final_eval_tokens' windows (ablate/training/evaluation.py), else the usual ones."""
+        return self.evaluate(self.final_eval_starts)  # None: the eval_batches windows
 
     def save_checkpoint(self, path: Path | None = None) -> None:
         """Everything to continue this run, in checkpoints/latest.pt (or `path`: the trunk a longer run branches from)."""
