@@ -156,10 +156,9 @@ def _signed(x: float) -> str:
     return "–" if x is None or math.isnan(x) else f"{x:+.4f}"
 
 
-COMPARISON_NUMERIC = [False, False, True, False, True, True, True, True, False, False]
-
-
-def comparison_rows(comparisons: list[Comparison]) -> tuple[list[str], list[list[str]]]:
+def comparison_rows(comparisons: list[Comparison], looks: bool = False) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The comparisons table: header, rows and which columns are numeric; `looks` adds the look each
+    verdict was reached at (a sequential verdict, compare.looks)."""
     rows = []
     for c in comparisons:
         verdict = f"**{c.verdict}**" if c.verdict in (BETTER, WORSE, UNSTABLE) else c.verdict
@@ -168,10 +167,12 @@ def comparison_rows(comparisons: list[Comparison]) -> tuple[list[str], list[list
         rows.append([f"`{c.option}`", f"`{c.baseline}`", f"{c.n}/{c.n_baseline}",
                      c.test or "–", _signed(c.diff_mean),
                      f"{_signed(c.ci_low)} to {_signed(c.ci_high)}" if not math.isnan(c.ci_low) else "–",
-                     _num(c.p_value, ".3g"), _num(c.p_adjusted, ".3g"), verdict, _cell(c.note) or "–"])
+                     _num(c.p_value, ".3g"), _num(c.p_adjusted, ".3g"), _num(c.resolvable),
+                     *([str(c.look)] if looks else []), verdict, _cell(c.note) or "–"])
     header = ["option", "baseline", "n option/baseline", "test", "difference", "95 % CI", "p",
-              "p (Holm)", "verdict", "note"]
-    return header, rows
+              "p (Holm)", "resolvable (80 %)", *(["look"] if looks else []), "verdict", "note"]
+    numeric = [False, False, True, False, True, True, True, True, True, *([True] if looks else []), False, False]
+    return header, rows, numeric
 
 
 def not_in_means_blocks(df: pd.DataFrame, metric: str, axes: list[str], tuned: bool = False) -> list[Block]:
@@ -254,8 +255,8 @@ def document(f: Findings, figures: list[str] | None = None) -> list[Block]:
         blocks.append(Heading(2, title))
         mine = [c for c in f.comparisons if c.axis == axis]
         if mine:
-            header, rows = comparison_rows(mine)
-            blocks.append(Table(header, rows, COMPARISON_NUMERIC))
+            header, rows, numeric = comparison_rows(mine, looks=len(f.settings.get("looks") or []) >= 2)
+            blocks.append(Table(header, rows, numeric))
             blocks += [Para(f"**`{c.option}` {UNSTABLE}:** {c.advice}") for c in mine if c.advice]
         if info:
             blocks.append(Para(power_sentence(info, f.metric)))
@@ -296,7 +297,28 @@ def _rule_text(f: Findings) -> str:
             f"pair), each diverged run ranked worst, exact by permutation; it enters Holm's correction "
             f"like the others, and when it is not significant the verdict is `{UNSTABLE}`, with the "
             f"counts and the difference over the seeds where both trained. Only completed runs that "
-            f"learned enter the differences; `{NOT_COMPARED}` says why an option has none.")
+            f"learned enter the differences; `{NOT_COMPARED}` says why an option has none."
+            + _looks_text(f))
+
+
+def _looks_text(f: Findings) -> str:
+    """How a sequential verdict (compare.looks) was tested, for the rule paragraph; '' for a fixed plan."""
+    from analysis.sequential import look_levels
+
+    looks = [int(n) for n in f.settings.get("looks") or []]
+    if len(looks) < 2:
+        return ""
+    alpha, spending = float(f.settings.get("alpha", 0.05)), str(f.settings.get("spending", "obrien_fleming"))
+    levels = ", ".join(f"{n} seeds {level:.3g}" for n, level in zip(looks, look_levels(looks, alpha, spending)))
+    return (f" The verdict's seeds came in looks (`compare.looks={looks}`): every variant trained the first "
+            f"{looks[0]} seeds, and after each look only the variants of comparisons still open (not yet "
+            f"`better`/`worse`, and with conditional power at least `compare.futility`="
+            f"{float(f.settings.get('futility', 0.1)):g} under the trend so far) trained the next look's. Each look "
+            f"is tested at its share of α ({spending.replace('_', '-')} spending: {levels}) with Holm over the "
+            f"comparisons not yet settled, so the error rate holds over every look and comparison together; "
+            f"`p (Holm)` is scaled to the whole α, `look` is the look a verdict was reached at (or its last "
+            f"look with seeds), and `resolvable (80 %)` is the smallest true difference its seeds find with 80 % "
+            f"power at its level.")
 
 
 def to_markdown(blocks: list[Block]) -> str:

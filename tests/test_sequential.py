@@ -196,6 +196,9 @@ def test_the_real_sweeper_gives_later_looks_only_to_open_comparisons_and_a_rerun
     assert table.loc["none", "verdict"] == WORSE and table.loc["none", "look"] == 1
     assert table.loc["none", "n_seeds"] == LOOKS[0] and table.loc["ln", "look"] == len(rounds)
     assert table.loc["ln", "resolvable"] < table.loc["none", "resolvable"]  # more seeds resolve less
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "The verdict's seeds came in looks (`compare.looks=[3, 6, 10]`)" in md
+    assert "| resolvable (80 %) | look | verdict |" in md
     again = planted_sweep(tmp_path, effect)  # the same command into the same folder: the same jobs, in order
     assert again == launched
     timeless = lambda r: [{k: v for k, v in x.items() if k != "wall_s"} for x in r["rounds"]]

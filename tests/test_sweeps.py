@@ -28,7 +28,7 @@ UNTUNED = {"lr", "lr_search"} | LADDERS
 
 def header(name: str) -> dict[str, str]:
     text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
-    return dict(re.findall(r"^# (Question|Grid|Tuning|Jobs|Cost|Trials|Expected time): (.+)$", text, re.M))
+    return dict(re.findall(r"^# (Question|Grid|Tuning|Looks|Jobs|Cost|Trials|Expected time): (.+)$", text, re.M))
 
 
 EXTRA = re.compile(r"^(\d+)(?: \(\+ up to (\d+) tuning runs if choices land on the grid's edge\))?$")
@@ -152,6 +152,25 @@ def test_sweep_tunes_the_rate_per_variant_at_most_doubling_its_cost(name):
     assert extend >= 1 and job_counts(name)[1] == bound == len(jobs_variants(grid)) * extend * len(sweeper.tune_seeds)
     assert f"extended automatically by up to {extend} steps (x2 each)" in info["Tuning"]
     assert all(b / a == 2 for a, b in zip(rates, rates[1:]))  # what "x2 each" says
+
+
+@pytest.mark.parametrize("name", sorted(set(SWEEPS) - UNTUNED))
+def test_a_sweep_with_seeds_in_looks_states_them_and_its_looks_are_valid(name):
+    from hydra_plugins.ablate_tuning_sweeper.tuning_sweeper import checked_budget, checked_looks, plan
+
+    config = hydra_config(name)
+    looks = list(config.compare.looks or [])
+    if not looks:
+        assert "Looks" not in header(name)
+        return
+    sweeper = config.hydra.sweeper
+    p = plan([f"{k}={v}" for k, v in sweeper.params.items()], dict(sweeper.tune), list(sweeper.tune_seeds),
+             sweeper.seed_key)
+    assert checked_looks(config, p.seeds, sweeper.seed_key) == looks  # refused before any run otherwise
+    checked_budget(config)
+    stated = header(name)["Looks"]
+    assert f"compare.looks=[{','.join(map(str, looks))}]" in stated and f"seeds 0-{looks[0] - 1} for every variant" in stated
+    assert f"{len(p.variants) * looks[-1]} verdict runs" in header(name)["Cost"]  # the most, every look run
 
 
 @pytest.mark.parametrize("name", SEARCHES)
