@@ -303,7 +303,7 @@ def compare_settings(nodes: list[Any]) -> dict[str, Any]:
             "looks": [int(x) for x in (most_common([n.get("looks") for n in nodes], []) or [])
                       if isinstance(x, int) and not isinstance(x, bool)],
             "spending": str(most_common([n.get("spending") for n in nodes], "obrien_fleming")),
-            "futility": float(most_common([n.get("futility") for n in nodes], 0.1))}
+            "futility": float(most_common([n.get("futility") for n in nodes], 0.05))}
 
 
 def load_curves(sweep_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -35,7 +35,7 @@ class LookPlan:
     alpha: float
     looks: list[int] = field(default_factory=list)  # planned seeds per look; [] for a fixed plan
     spending: str = "obrien_fleming"
-    futility: float = 0.1
+    futility: float = 0.05
     reached: int = 1  # looks that have runs
 
     @classmethod
@@ -46,7 +46,7 @@ class LookPlan:
         if len(looks) < 2 or not marked.notna().any():
             return cls(alpha)
         return cls(alpha, looks, str(settings.get("spending", "obrien_fleming")),
-                   float(settings.get("futility", 0.1)), int(min(len(looks), marked.max())))
+                   float(settings.get("futility", 0.05)), int(min(len(looks), marked.max())))
 
     @property
     def sequential(self) -> bool:

@@ -313,7 +313,7 @@ def _looks_text(f: Findings) -> str:
     return (f" The verdict's seeds came in looks (`compare.looks={looks}`): every variant trained the first "
             f"{looks[0]} seeds, and after each look only the variants of comparisons still open (not yet "
             f"`better`/`worse`, and with conditional power at least `compare.futility`="
-            f"{float(f.settings.get('futility', 0.1)):g} under the trend so far) trained the next look's. Each look "
+            f"{float(f.settings.get('futility', 0.05)):g} under the trend so far) trained the next look's. Each look "
             f"is tested at its share of α ({spending.replace('_', '-')} spending: {levels}) with Holm over the "
             f"comparisons not yet settled, so the error rate holds over every look and comparison together; "
             f"`p (Holm)` is scaled to the whole α, `look` is the look a verdict was reached at (or its last "

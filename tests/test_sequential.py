@@ -68,7 +68,7 @@ def sequential_sweep(losses: dict[str, np.ndarray], settings: dict) -> pd.DataFr
     return pd.DataFrame([c.row() for c in comparisons])
 
 
-SETTINGS = {"alpha": 0.05, "tuned": [], "baseline": {"norm": "rms"}, "looks": LOOKS, "futility": 0.1,
+SETTINGS = {"alpha": 0.05, "tuned": [], "baseline": {"norm": "rms"}, "looks": LOOKS, "futility": 0.05,
             "spending": "obrien_fleming"}
 
 

@@ -86,7 +86,7 @@ class CompareConfig:
     spending: str = knob("obrien_fleming", choices=("obrien_fleming", "pocock"),
                          doc="how alpha is spent over the looks (Lan-DeMets): obrien_fleming keeps most for the "
                              "last look, pocock spends early so large effects stop sooner")
-    futility: float = knob(0.1, ge=0, lt=1, doc="an open comparison gets the next look's seeds only while its "
+    futility: float = knob(0.05, ge=0, lt=1, doc="an open comparison gets the next look's seeds only while its "
                            "conditional power (current trend) is at least this")
     budget: Dict[str, float] = knob(default_factory=dict, doc="caps the sweep: {runs: N} (every job counted) or "
                                     "{minutes: M} (this invocation's wall clock); a look that would pass it "
