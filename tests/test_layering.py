@@ -39,7 +39,7 @@ ROLE = {
     # ablate/ by role package; where a package holds modules of two layers, the more specific name wins
     "ablate.errors": "base", "ablate.machine": "base", "ablate.data.cache": "base",
     "ablate.rundir.files": "base", "ablate.rundir.summary": "base", "ablate.rundir.lock": "base",
-    "ablate.config.plugins": "base",
+    "ablate.config.plugins": "base", "ablate.config.values": "base",
     "ablate.data": "options",
     "ablate.training.optimizers": "options", "ablate.training.schedules": "options", "ablate.training.loggers": "options",
     "ablate.config": "config", "ablate.cli.argv": "config",
@@ -51,7 +51,9 @@ ROLE = {
     "analysis": "analysis",
 }
 MODEL_MAY_IMPORT = ("components", "base")
-ANALYSIS_MAY_IMPORT = ("ablate.rundir.files", "ablate.rundir.summary", "hydra_plugins.ablate_tuning_sweeper.tuning_sweeper")
+ANALYSIS_MAY_IMPORT = ("ablate.rundir.files", "ablate.rundir.summary", "hydra_plugins.ablate_tuning_sweeper.tuning_sweeper",
+                       "ablate.config.values",  # how an option's value compares: the sweeper and the report agree
+                       "ablate.bench.multirun")  # runs a sweep as a process: the benchmarks that read sweeps
 ANALYSIS_MEASURES_SPEED = "analysis.speed"  # imports torch and the benchmark: only for `analysis.report --speed`
 
 

@@ -224,7 +224,7 @@ def test_a_runs_budget_caps_the_sweep_and_says_so(tmp_path):
 def test_the_verdict_bench_reads_the_fixed_plan_off_the_first_look(tmp_path):
     """`python -m ablate.bench --verdict`: the fixed 3-seed plan is the sequential sweep's first look,
     tested at the whole alpha; here recomputed from that look's runs alone by the report's code."""
-    from ablate.bench.verdict_plans import plans, report
+    from analysis.bench_verdict import plans, report
     from analysis.collect import load_results
 
     planted_sweep(tmp_path, {"rms": 0.0, "ln": 1.5 * SIGMA, "none": 100 * SIGMA})

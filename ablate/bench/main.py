@@ -140,7 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra run.py overrides for --startup and --verdict (e.g. a small corpus)")
     p.add_argument("--verdict", type=lambda text: [t for t in text.split(",") if t], default=None, metavar="SWEEPS",
                    help="predefined sweeps (comma list): their verdict plan against the fixed 3-seed plan "
-                        "(ablate/bench/verdict_plans.py; real sweeps, minutes each)")
+                        "(analysis/bench_verdict.py; real sweeps, minutes each)")
+    p.add_argument("--noise", action="store_true",
+                   help="the paired noise of a run's final loss under each reading (analysis/bench_noise.py; ~25 min)")
     p.add_argument("--verdict-dir", type=Path, default=Path("bench-verdict"),
                    help="where --verdict's sweeps run (default ./bench-verdict; a finished one is read, not re-run)")
     p.add_argument("--models", action="store_true", help="the preset/peer table (the default when no section is named)")
@@ -155,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.peers = []
     if args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.repeats < 1 or args.sweep_steps < 1:
         p.error("--steps must be >= 1, --warmup >= 0, --threads >= 1, --repeats >= 1, --sweep-steps >= 1")
-    if not (args.components or args.tokenizer or args.data or args.startup or args.sweep or args.verdict):
+    if not (args.components or args.tokenizer or args.data or args.startup or args.sweep or args.verdict or args.noise):
         args.models = True
     return args
 
@@ -167,14 +169,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ablate.bench.tables import report  # lazily: only the sections asked for are imported
 
     args = parse_args(argv)
-    if args.verdict:  # whole sweeps, each in its own processes: none of the in-process timing below
-        from ablate.bench.verdict_plans import bench_verdict
+    if args.verdict or args.noise:  # whole sweeps, read by the report's code: its own process (a layer above)
+        import subprocess
+        import sys
 
-        result = bench_verdict(args.verdict, args.verdict_dir, args.run_overrides)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        return result
+        command = ([sys.executable, "-m", "analysis.bench_verdict", *args.verdict, "--dir", str(args.verdict_dir),
+                    "--overrides", " ".join(args.run_overrides)] if args.verdict else
+                   [sys.executable, "-m", "analysis.bench_noise"])
+        command += ["--json", str(args.json)] if args.json else []
+        raise SystemExit(subprocess.run(command, cwd=Path(__file__).resolve().parents[2]).returncode)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -1,4 +1,4 @@
-"""`python -m ablate.bench.noise`: the noise of one run's final loss, per seed and per pair, under each way
+"""`python -m ablate.bench --noise` (or `python -m analysis.bench_noise`): the noise of one run's final loss, per seed and per pair, under each way
 of reading it, measured on real runs of two comparisons (norm: rms vs ln; ffn: swiglu vs gelu).
 
 The verdict's paired t-test sees the per-seed difference of two variants; its sd sets what a sweep
@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from ablate.bench.multirun import ROOT, run_multirun
+from analysis.verdict import detectable_difference
+
 # (name, axis, baseline, option, extra overrides): each trained at a shared rate, seeds 0..S-1
 CASES = (("norm", "norm", "rms", "ln", ["model.init_by_name=true"]),
          ("ffn_by_name", "ffn", "swiglu", "gelu", ["model.init_by_name=true"]),
@@ -42,17 +41,8 @@ def train_case(folder: Path, axis: str, options: list[str], seeds: int, override
     """The sweep into `folder` (nothing when it finished before); its wall time in seconds."""
     if (folder / "multirun.yaml").is_file() and len(list(folder.glob("*/summary.json"))) == len(options) * seeds:
         return math.nan
-    command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", f"{axis}={','.join(options)}",
-               f"train.seed=range(0,{seeds})", "hydra/launcher=batched", "logger=none", f"hydra.sweep.dir={folder}",
-               *overrides]
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with open(folder.parent / f"{folder.name}.log", "w") as log:  # a file, not a pipe: the workers write to it
-        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, stdout=log,
-                              stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed: see {folder.parent / f'{folder.name}.log'}")
-    return time.perf_counter() - started
+    return run_multirun([f"{axis}={','.join(options)}", f"train.seed=range(0,{seeds})", "hydra/launcher=batched",
+                         "logger=none", *overrides], folder)
 
 
 def losses(folder: Path, axis: str) -> dict[tuple[str, int], dict[str, float]]:
@@ -70,8 +60,6 @@ def losses(folder: Path, axis: str) -> dict[tuple[str, int], dict[str, float]]:
 
 
 def figures(found: dict[tuple[str, int], dict[str, float]], baseline: str, option: str) -> list[dict[str, Any]]:
-    from analysis.verdict import detectable_difference
-
     seeds = sorted(s for o, s in found if o == baseline and (option, s) in found)
     rows = []
     for reading in READINGS:
@@ -87,7 +75,7 @@ def figures(found: dict[tuple[str, int], dict[str, float]], baseline: str, optio
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m ablate.bench.noise", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m analysis.bench_noise", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=6, help="seeds per option (default 6)")
     p.add_argument("--dir", type=Path, default=Path("bench-noise"), help="where the runs go (default ./bench-noise)")
     p.add_argument("--overrides", type=lambda text: text.split(),
@@ -96,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cases", type=lambda text: text.split(","), default=[c[0] for c in CASES])
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     result = {"overrides": args.overrides, "cases": []}
     for name, axis, baseline, option, extra in (c for c in CASES if c[0] in args.cases):
         folder = args.dir.resolve() / name

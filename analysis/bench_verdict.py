@@ -1,4 +1,4 @@
-"""`python -m ablate.bench --verdict block,norm`: a predefined sweep's verdict plan against the fixed 3-seed
+"""`python -m ablate.bench --verdict block,norm` (or `python -m analysis.bench_verdict block norm`): a predefined sweep's verdict plan against the fixed 3-seed
 plan it replaced: wall time, runs, and per comparison the verdict, its interval and the smallest difference
 its seeds resolve (80 % power, `resolvable`).
 
@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from ablate.bench.multirun import run_multirun
+from analysis.collect import load_results, swept_axes
+from analysis.family import compare_axes, runs_upto
+from analysis.stats import choose_metric
+from analysis.tuning import TUNE_STAGE
+
 FIXED_SEEDS = 3  # the plan every predefined sweep had before its seeds came in looks
 
 
@@ -28,25 +30,11 @@ def run_sweep(sweep: str, folder: Path, overrides: list[str]) -> float:
     """`python ablate/run.py -m +sweep=SWEEP` into `folder` (its wall seconds; NaN when it was there)."""
     if (folder / "report" / "comparisons.csv").is_file():
         return math.nan
-    command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", f"+sweep={sweep}", f"hydra.sweep.dir={folder}",
-               "logger=none", *overrides]
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with open(folder.parent / f"{folder.name}.log", "w") as log:  # a file, not a pipe: the workers write to it
-        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, stdout=log,
-                              stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed: see {folder.parent / f'{folder.name}.log'}")
-    return time.perf_counter() - started
+    return run_multirun([f"+sweep={sweep}", "logger=none", *overrides], folder)
 
 
 def plans(folder: Path) -> dict[str, Any]:
     """Both plans' figures from the finished sweep in `folder`."""
-    from analysis.collect import load_results, swept_axes
-    from analysis.family import compare_axes, runs_upto
-    from analysis.stats import choose_metric
-    from analysis.tuning import TUNE_STAGE
-
     df = load_results(folder)
     settings = df.attrs["compare"]
     verdict = df[df["stage"] != TUNE_STAGE]
@@ -75,7 +63,6 @@ def pd_sum(df, column: str) -> float:
 
 
 def bench_verdict(sweeps: list[str], root: Path, overrides: list[str]) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
     result = {}
     for sweep in sweeps:
         folder = root.resolve() / sweep
@@ -116,3 +103,22 @@ def report(result: dict[str, Any]) -> str:
             lines.append(f"  resolvable, fixed / looks: {', '.join(f'{r:.2f}x' for r in ratios)}; wall time "
                          f"{looks['wall_s'] / max(fixed['wall_s'], 1e-9):.2f}x the fixed plan's")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m analysis.bench_verdict", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweeps", nargs="+", help="predefined sweeps (sweeps/NAME.yaml)")
+    p.add_argument("--dir", type=Path, default=Path("bench-verdict"), help="where the sweeps run (default ./bench-verdict)")
+    p.add_argument("--overrides", type=lambda text: text.split(), default=[], help="'K=V ...' for every run")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    args = p.parse_args(argv)
+    result = bench_verdict(args.sweeps, args.dir, args.overrides)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
