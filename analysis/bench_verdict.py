@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,6 @@ def plans(folder: Path) -> dict[str, Any]:
     verdict.attrs.update(df.attrs)
     axes = swept_axes(verdict, settings["tuned"])
     metric, _ = choose_metric(verdict)
-    wall = pd_sum(df, "wall_time_s")
     record = folder / "looks.json"
     rounds = json.loads(record.read_text())["rounds"] if record.is_file() else []
     later_s = sum(float(r["wall_s"]) for r in rounds[1:])
@@ -52,14 +50,7 @@ def plans(folder: Path) -> dict[str, Any]:
     sequential, _ = compare_axes(verdict, axes, metric, settings)
     n_tuning = int((df["stage"] == TUNE_STAGE).sum())
     return {"fixed": {"runs": n_tuning + len(first), "later_looks_s": later_s, "comparisons": [c.row() for c in fixed]},
-            "looks": {"runs": len(df), "looks": settings.get("looks") or [], "comparisons": [c.row() for c in sequential]},
-            "run_wall_s": wall}
-
-
-def pd_sum(df, column: str) -> float:
-    import pandas as pd
-
-    return float(pd.to_numeric(df.get(column, pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+            "looks": {"runs": len(df), "looks": settings.get("looks") or [], "comparisons": [c.row() for c in sequential]}}
 
 
 def bench_verdict(sweeps: list[str], root: Path, overrides: list[str]) -> dict[str, Any]:
