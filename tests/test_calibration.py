@@ -137,7 +137,7 @@ def test_a_real_a_a_sweep_through_the_cli(tmp_path):
     from tests.test_cli import FAST, ablate
 
     out = tmp_path / "aa"
-    done = ablate("-m", *FAST, "train.batch_size=8", "train.max_steps=60", "optim.lr=2e-2",
+    done = ablate("-m", *FAST, "train.batch_size=8", "train.max_steps=150", "optim.lr=1e-2",
                   "schedule.warmup_steps=5", "logger=none,wandb", "train.seed=0,1", f"hydra.sweep.dir={out}",
                   cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -185,6 +185,7 @@ def tiny_argv(command: str, out: Path) -> list[str]:
     tiny = [f"{k}={v}" for k, v in TINY.items()]
     if any(w.startswith("+sweep=") for w in words):
         tiny.append("train.seed=0")  # one seed of a predefined sweep's grid
+        tiny.append("compare.looks=null")  # ... so all of it at once, not in looks of several seeds
     where = "hydra.sweep.dir" if "-m" in words or "--multirun" in words else "hydra.run.dir"
     return [*kept, *tiny, f"{where}={out}"]
 

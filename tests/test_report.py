@@ -173,7 +173,7 @@ def test_report_markdown(sweep: Path, report: Path) -> None:
     # ln diverged once: its test is by ranks over all 4 of its outcomes against rms's 3 (Mann-Whitney, the
     # diverged run ranked worst: every ln run above every rms run, exact p = 2 / C(7, 3)), not significant.
     assert ("| `ln` | `rms` | 4/3 | rank-sum, diverged worst | +0.4000 | +0.4000 to +0.4000 | 0.0571 | 0.0571 "
-            "| **unstable** | diverged: `ln` 1 of 4, baseline `rms` 0 of 3; difference and CI over the 3 seeds "
+            "| 0.0000 | **unstable** | diverged: `ln` 1 of 4, baseline `rms` 0 of 3; difference and CI over the 3 seeds "
             "where both trained") in md
     assert "**`ln` unstable:** `ln` diverged where the other side did not. To settle it: tune the rate" in md
     section = md[md.index("## Runs not in the means"):]
@@ -241,7 +241,7 @@ def test_index_html(sweep: Path, report: Path) -> None:
     md_tables = markdown_tables((report / "report.md").read_text(encoding="utf-8"))
     assert len(md_tables) == 3 and page.tables == md_tables
     [compared, options, excluded] = page.tables
-    assert compared[1][:3] == ["ln", "rms", "4/3"] and compared[1][8] == "unstable"
+    assert compared[1][:3] == ["ln", "rms", "4/3"] and compared[1][9] == "unstable"
     assert options[1][:3] == ["rms", "3/5", f"{statistics.mean(RMS):.4f}"]
     assert options[2][:3] == ["ln", "3/4", f"{statistics.mean(LN):.4f}"]
     assert ["6", "diverged", "ln", "3", "loss is NaN at step 120"] in excluded
@@ -461,8 +461,9 @@ def test_analysis_never_imports_torch_or_training_code(sweep: Path) -> None:
             "('torch', 'ablate', 'components')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    # only the torch-free pieces both sides share: the summary record and atomic file writes
-    assert done.stdout.strip() == "['ablate', 'ablate.rundir', 'ablate.rundir.files', 'ablate.rundir.summary']"
+    # only the torch-free pieces both sides share: the summary record, atomic file writes, how values compare
+    assert done.stdout.strip() == ("['ablate', 'ablate.config', 'ablate.config.values', 'ablate.rundir', 'ablate.rundir.files', "
+                                     "'ablate.rundir.summary']")
 
 
 def test_runs_in_different_precisions_are_said_to_be_so(tmp_path: Path) -> None:

@@ -81,6 +81,7 @@ class Session:
     interval_started: float = 0.0
     interval_tokens: int = 0
     bar: Any = None
+    postfix: dict[str, str] = field(default_factory=dict)  # the figures after the bar, as last shown
 
     def start(self, step_zero_val_loss: float | None = None) -> None:
         """Log the untrained model (a fresh run: every curve starts at the same point) and start the clocks."""
@@ -135,8 +136,8 @@ class Session:
                 run.save_checkpoint()
                 kill_point("after-checkpoint", run.step)
             self.logger.log(record, step=run.step)
-            self.bar.set_postfix(feedback.progress_postfix(loss, self.val_loss, record["lr"], record["tokens_per_s"]),
-                                 refresh=False)
+            self.postfix = feedback.progress_postfix(loss, self.val_loss, record["lr"], record["tokens_per_s"])
+            self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(1)
         if end.diverged:
             self.summary.update(status="diverged", error=f"training objective {end.objective} at step {run.step} "
@@ -153,6 +154,8 @@ class Session:
         if self.val_loss is None:  # resumed a run that had already finished: report its loss again
             self.val_loss = self.run.evaluate()
         self.final_val_loss = self.run.evaluate_final()
+        if self.postfix:  # the bar ends on the number the run reports, not the last small evaluation
+            self.bar.set_postfix({**self.postfix, "val": f"{self.final_val_loss:.3f}"}, refresh=False)
 
 
 @locked_run_dir  # one process per run directory (ablate.rundir.lock)
@@ -264,7 +267,7 @@ def loop(session: Session, stop: StopRequest) -> None:
             if session.world.any(stop.received is not None):  # every rank stops at the same step
                 session.interrupt(stop.received or "a signal to another rank")
                 return
-    session.complete()
+        session.complete()
 
 
 def finish(session: Session) -> None:
