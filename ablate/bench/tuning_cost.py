@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from ablate.bench.multirun import run_multirun
+
 # the rules scored against full-length tuning: the halving's (best at the last budget), the best at the
 # first budget alone (what one budget would choose), a quadratic fit over the first budget's scores
 RULES = ("halved", "first", "fit")
@@ -34,15 +32,8 @@ def run_stage(sweep: str, folder: Path, halved: bool, extra: list[str]) -> dict[
     record = folder / "tuning.json"
     started = time.perf_counter()
     if not record.is_file():
-        command = [sys.executable, str(ROOT / "ablate" / "run.py"), "-m", f"+sweep={sweep}",
-                   "hydra.sweeper.tune_only=true", f"hydra.sweep.dir={folder}", *extra,
-                   *([] if halved else ["hydra.sweeper.halving=null"])]
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f"{folder.name}.log", "w") as log:  # a file, not a pipe: the sweep's workers write to it
-            done = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, stdout=log,
-                                  stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed: see {folder.parent / f'{folder.name}.log'}")
+        run_multirun([f"+sweep={sweep}", "hydra.sweeper.tune_only=true", *extra,
+                      *([] if halved else ["hydra.sweeper.halving=null"])], folder)
     found = json.loads(record.read_text())
     found["wall_s"] = time.perf_counter() - started
     return found
