@@ -49,8 +49,18 @@ def plans(folder: Path) -> dict[str, Any]:
     fixed, _ = compare_axes(first, axes, metric, {**settings, "looks": []})
     sequential, _ = compare_axes(verdict, axes, metric, settings)
     n_tuning = int((df["stage"] == TUNE_STAGE).sum())
-    return {"fixed": {"runs": n_tuning + len(first), "later_looks_s": later_s, "comparisons": [c.row() for c in fixed]},
-            "looks": {"runs": len(df), "looks": settings.get("looks") or [], "comparisons": [c.row() for c in sequential]}}
+    tuning = folder / "tuning.json"
+    chosen = {" ".join(o for o in c["variant"] if o.split("=")[0] in axes): " ".join(c["chosen"])
+              for c in json.loads(tuning.read_text())["choices"]} if tuning.is_file() else {}
+    return {"chosen": chosen,
+            "fixed": {"runs": n_tuning + len(first), "later_looks_s": later_s, "comparisons": rows(fixed)},
+            "looks": {"runs": len(df), "looks": settings.get("looks") or [], "comparisons": rows(sequential)}}
+
+
+def rows(comparisons: list) -> list[dict[str, Any]]:
+    """comparisons.csv's row of each, with the sd of its per-seed differences (`paired_sd`, what the
+    resolvable difference scales with; the pooled sd of one run where unpaired)."""
+    return [{**c.row(), "paired_sd": c.spread} for c in comparisons]
 
 
 def bench_verdict(sweeps: list[str], root: Path, overrides: list[str]) -> dict[str, Any]:
@@ -77,8 +87,10 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"\n+sweep={sweep}: fixed {FIXED_SEEDS} seeds: {fixed['runs']} runs, {fixed['wall_s'] / 60:.1f} min; "
                      f"looks {looks['looks'] or '(none: the sweep is a fixed plan)'}: {looks['runs']} runs, "
                      f"{looks['wall_s'] / 60:.1f} min")
+        if found.get("chosen"):
+            lines.append("  tuned: " + ", ".join(f"{variant} at {rate}" for variant, rate in found["chosen"].items()))
         lines.append(f"  {'comparison':28} {'plan':6} {'seeds':>5} {'look':>4} {'diff':>8} {'95% interval':>20} "
-                     f"{'resolvable':>10}  verdict")
+                     f"{'sd':>7} {'resolvable':>10}  verdict")
         by_name = {(c["axis"], c["option"]): c for c in fixed["comparisons"]}
         for c in looks["comparisons"]:
             name = f"{c['axis']}={c['option']} vs {c['baseline']}"
@@ -86,7 +98,8 @@ def report(result: dict[str, Any]) -> str:
                 if row is None:
                     continue
                 lines.append(f"  {name:28} {plan:6} {row['n_seeds']:>5} {row['look']:>4} {row['diff_mean']:>+8.4f} "
-                             f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] {row['resolvable']:>10.4f}  {row['verdict']}")
+                             f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] {row['paired_sd']:>7.4f} {row['resolvable']:>10.4f}  "
+                             f"{row['verdict']}")
                 name = ""
         ratios = [by_name[(c["axis"], c["option"])]["resolvable"] / c["resolvable"] for c in looks["comparisons"]
                   if (c["axis"], c["option"]) in by_name and c["resolvable"] > 0]

@@ -200,9 +200,11 @@ def compare_axes(df: pd.DataFrame, axes: list[str], metric: str, settings: dict[
     for c in comparisons:
         if c.verdict == UNSTABLE:
             c.advice = instability_advice(c, c.level if not math.isnan(c.level) else alpha / max(n_tests, 1))
+    # what more seeds would resolve: in a plan of looks, the seeds and level of its last look
+    more_at = (plan.looks[-1], plan.levels[-1]) if plan.sequential else None
     for axis in axes:
         info[axis].update(axis_noise(df, runs, axis, axes + context, metric, [c for c in comparisons if c.axis == axis],
-                                     level, n_tests))
+                                     level, n_tests, more_at))
         info[axis]["looks"] = plan.describe() if plan.sequential else None
     return comparisons, info
 
@@ -308,12 +310,15 @@ def _clean_cells(runs: pd.DataFrame, opt_mask: pd.Series, base_mask: pd.Series, 
 
 
 def axis_noise(df: pd.DataFrame, runs: pd.DataFrame, axis: str, axes: list[str], metric: str,
-               comparisons: list[Comparison], alpha: float, n_tests: int) -> dict[str, Any]:
+               comparisons: list[Comparison], alpha: float, n_tests: int,
+               more_at: tuple[int, float] | None = None) -> dict[str, Any]:
     """Seed noise of an axis and the smallest difference resolvable at 80 % power.
 
     Paired axes: pooled spread of the per-seed differences over the axis's options; otherwise the
     pooled spread of single runs within a configuration. The level is alpha / (number of tests):
-    Holm's first, strictest step, so the figure holds for every comparison of the report."""
+    Holm's first, strictest step, so the figure holds for every comparison of the report. `more_at`
+    (seeds, alpha) of a plan's last look: what its seeds would resolve there, instead of 5 or 2n seeds at
+    this level (a sequential plan's early looks test at a far stricter level than its last)."""
     paired = [c for c in comparisons if len(c.seed_diffs) >= 2]  # set only when the difference paired
     if paired:
         sd, dof = pooled_sd([np.array(list(c.seed_diffs.values())) for c in paired])
@@ -326,8 +331,10 @@ def axis_noise(df: pd.DataFrame, runs: pd.DataFrame, axis: str, axes: list[str],
         per_option = ok.groupby(ok[axis].astype("string"))["seed"].nunique() if len(ok) else pd.Series(dtype=int)
         n = int(per_option.median()) if len(per_option) else 0
     level = alpha / max(n_tests, 1)
-    more = 5 if n < 5 else 2 * n
+    more, more_level = (more_at[0], more_at[1] / max(n_tests, 1)) if more_at and n < more_at[0] else \
+        (5 if n < 5 else 2 * n, level)
     return {"paired": bool(paired), "noise_sd": sd, "noise_dof": dof, "n_seeds": n, "level": level,
             "detectable": detectable_difference(sd, n, level, bool(paired)),
-            "more_seeds": more, "detectable_more": detectable_difference(sd, more, level, bool(paired))}
+            "more_seeds": more, "more_level": more_level,
+            "detectable_more": detectable_difference(sd, more, more_level, bool(paired))}
 

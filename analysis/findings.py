@@ -188,7 +188,9 @@ def power_sentence(info: dict[str, Any], metric: str) -> str:
         return (f"Smallest resolvable difference: unknown (needs at least 2 seeds per option with a "
                 f"spread; this axis has {n}).")
     kind = "paired per-seed differences" if info.get("paired") else "single runs (unpaired)"
-    return (f"Differences smaller than {det:.3f} {unit} cannot be resolved with {n} seeds; {more} seeds "
-            f"would resolve {info['detectable_more']:.3f} (80 % power, two-sided t-test at level "
-            f"{info['level']:.3g} = α over the report's tests, Holm's strictest step; noise sd "
-            f"{info['noise_sd']:.4f} of {kind}).")
+    level, more_level = info["level"], info.get("more_level", info["level"])
+    later = (f"; {more} seeds, the plan's last look, would resolve {info['detectable_more']:.3f} there (level "
+             f"{more_level:.3g})" if more_level != level else f"; {more} seeds would resolve {info['detectable_more']:.3f}")
+    return (f"Differences smaller than {det:.3f} {unit} cannot be resolved with {n} seeds{later} (80 % power, "
+            f"two-sided t-test at level {level:.3g} = α{' of this look' if more_level != level else ''} over the "
+            f"report's tests, Holm's strictest step; noise sd {info['noise_sd']:.4f} of {kind}).")

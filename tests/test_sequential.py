@@ -126,6 +126,28 @@ def test_a_fixed_plan_is_one_look_at_the_whole_alpha():
     assert FUTILE != OPEN
 
 
+def test_a_plan_stopped_early_says_what_its_last_look_would_resolve():
+    """A comparison futile after look 1 (3 seeds, tested at O'Brien-Fleming's tiny first share): the
+    report's "more seeds would resolve" is the plan's last look, 10 seeds at its level, not 5 seeds at look
+    1's (which would overstate what more seeds need by an order of magnitude)."""
+    from analysis.findings import power_sentence
+    from analysis.verdict import detectable_difference
+
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, SIGMA, 3)
+    losses = {"rms": 3.0 + noise, "ln": 3.0 + noise + rng.normal(0, SIGMA, 3)}
+    df = frame(losses, {o: [0, 1, 2] for o in losses}, {0: 1, 1: 1, 2: 1})
+    [c], info = compare_axes(df, ["norm"], "final_val_loss", SETTINGS)
+    levels = look_levels(LOOKS, 0.05, "obrien_fleming")
+    sd = float(np.std(losses["ln"] - losses["rms"], ddof=1))
+    noise_info = info["norm"]
+    assert c.look == 1 and noise_info["level"] == pytest.approx(levels[0])
+    assert noise_info["more_seeds"] == 10 and noise_info["more_level"] == pytest.approx(levels[-1])
+    assert noise_info["detectable_more"] == pytest.approx(detectable_difference(sd, 10, levels[-1], True))
+    assert noise_info["detectable_more"] < noise_info["detectable"] / 5
+    assert "10 seeds, the plan's last look, would resolve" in power_sentence(noise_info, "final_val_loss")
+
+
 # --- the real sweeper on planted runs: a fake launcher writes each job's run directory -----------------
 
 class PlantedLauncher:
@@ -243,5 +265,6 @@ def test_the_verdict_bench_reads_the_fixed_plan_off_the_first_look(tmp_path):
              - first[first["norm"] == "rms"].set_index("seed")["final_val_loss"])
     assert ln["diff_mean"] == pytest.approx(diffs.mean()) and ln["p_value"] == pytest.approx(
         stats.ttest_1samp(diffs, 0.0).pvalue)
+    assert ln["paired_sd"] == pytest.approx(diffs.std(ddof=1))  # what the resolvable difference scales with
     found["looks"]["wall_s"], found["fixed"]["wall_s"] = 60.0, 30.0
     assert "resolvable, fixed / looks:" in report({"planted": found})
