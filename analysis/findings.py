@@ -116,10 +116,11 @@ def held_fixed(f: Findings) -> str:
     """The settings the verdict's runs shared (a range where they varied); unknown ones are left out."""
     runs = f.runs[f.runs["status"] != "running"] if (f.runs["status"] != "running").any() else f.runs
 
-    def value(column: str, fmt: str = "{}", numeric: bool = True) -> str | None:
+    def value(column: str, fmt: str = "{}", numeric: bool = True, of: pd.Series | None = None) -> str | None:
         if column not in runs:
             return None
-        series = pd.to_numeric(runs[column], errors="coerce") if numeric else runs[column]
+        chosen = runs[column] if of is None or not of.any() else runs.loc[of, column]
+        series = pd.to_numeric(chosen, errors="coerce") if numeric else chosen
         return _values(series, fmt) if series.notna().any() else None
 
     shape = [(value("model.d_model", "{:g}"), "d_model {}"), (value("model.n_layers", "{:g}"), "{} layers"),
@@ -135,8 +136,10 @@ def held_fixed(f: Findings) -> str:
     params, non_embedding = value("params_total", "{:,.0f}"), value("params_non_embedding", "{:,.0f}")
     if params:
         parts.append(f"{params} parameters" + (f" ({non_embedding} non-embedding)" if non_embedding else ""))
-    for column, fmt in (("steps", "{:,.0f} steps"), ("tokens_seen", "{:,.0f} training tokens per run")):
-        text = value(column, "{:,.0f}")
+    # the planned length (a diverged or stopped run trained fewer steps: that is its outcome, not a setting)
+    planned = "train.max_steps" if "train.max_steps" in runs else "steps"
+    for column, fmt in ((planned, "{:,.0f} steps"), ("tokens_seen", "{:,.0f} training tokens per run")):
+        text = value(column, "{:,.0f}", of=runs["status"] == "completed" if column == "tokens_seen" else None)
         if text:
             parts.append(fmt.replace("{:,.0f}", text))
     if "optim.lr" in (f.settings.get("tuned") or []):

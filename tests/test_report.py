@@ -491,3 +491,19 @@ def test_a_group_chosen_by_nothing_is_no_choice(tmp_path: Path) -> None:
     df = load_results(tmp_path / "s")
     assert "choice.ladder" not in df and df.loc[0, "choice.norm"] == "rms"
     assert "ladder `" not in (build_report(tmp_path / "s") / "report.md").read_text()
+
+
+def test_held_fixed_states_the_planned_length_not_a_diverged_runs(tmp_path: Path) -> None:
+    """A run that diverged at step 25 of 300 trained fewer steps and tokens: that is its outcome, not a
+    setting, so the opening paragraph's *Held fixed* says 300 steps and the completed runs' tokens."""
+    for i, (seed, status) in enumerate(((0, "completed"), (1, "completed"), (2, "diverged"))):
+        run = tmp_path / "s" / str(i)
+        make_run(run, {"norm": "rms", "train.seed": str(seed)}, 3.0 + 0.01 * seed if status == "completed" else None,
+                 status=status, error="loss is NaN at step 25" if status == "diverged" else None)
+        config = run / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace("  steps: 100", "  max_steps: 300"))
+        steps = 300 if status == "completed" else 25
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "steps": steps, "tokens_seen": steps * 2048}))
+    opening = (build_report(tmp_path / "s", plots=False) / "report.md").read_text().split("\n\n")[1]
+    assert "300 steps, 614,400 training tokens per run" in opening and "25 to" not in opening
