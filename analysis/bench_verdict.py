@@ -20,7 +20,7 @@ from ablate.bench.multirun import run_multirun
 from analysis.collect import load_results, swept_axes
 from analysis.family import compare_axes, runs_upto
 from analysis.stats import choose_metric
-from analysis.tuning import TUNE_STAGE
+from analysis.tuning import TUNE_STAGE, tuning_of
 
 FIXED_SEEDS = 3  # the plan every predefined sweep had before its seeds came in looks
 
@@ -49,9 +49,8 @@ def plans(folder: Path) -> dict[str, Any]:
     fixed, _ = compare_axes(first, axes, metric, {**settings, "looks": []})
     sequential, _ = compare_axes(verdict, axes, metric, settings)
     n_tuning = int((df["stage"] == TUNE_STAGE).sum())
-    tuning = folder / "tuning.json"
-    chosen = {" ".join(o for o in c["variant"] if o.split("=")[0] in axes): " ".join(c["chosen"])
-              for c in json.loads(tuning.read_text())["choices"]} if tuning.is_file() else {}
+    tuning = tuning_of(df, axes, metric, settings["tuned"], folder)  # the report's reading of the tuning runs
+    chosen = dict(zip(tuning.chosen["variant"], tuning.chosen["used"])) if tuning is not None else {}
     return {"chosen": chosen,
             "fixed": {"runs": n_tuning + len(first), "later_looks_s": later_s, "comparisons": rows(fixed)},
             "looks": {"runs": len(df), "looks": settings.get("looks") or [], "comparisons": rows(sequential)}}
@@ -88,7 +87,8 @@ def report(result: dict[str, Any]) -> str:
                      f"looks {looks['looks'] or '(none: the sweep is a fixed plan)'}: {looks['runs']} runs, "
                      f"{looks['wall_s'] / 60:.1f} min")
         if found.get("chosen"):
-            lines.append("  tuned: " + ", ".join(f"{variant} at {rate}" for variant, rate in found["chosen"].items()))
+            lines.append("  verdict runs at the tuned " + ", ".join(f"{variant}: {value}" for variant, value
+                                                                  in found["chosen"].items()))
         lines.append(f"  {'comparison':28} {'plan':6} {'seeds':>5} {'look':>4} {'diff':>8} {'95% interval':>20} "
                      f"{'sd':>7} {'resolvable':>10}  verdict")
         by_name = {(c["axis"], c["option"]): c for c in fixed["comparisons"]}

@@ -266,5 +266,7 @@ def test_the_verdict_bench_reads_the_fixed_plan_off_the_first_look(tmp_path):
     assert ln["diff_mean"] == pytest.approx(diffs.mean()) and ln["p_value"] == pytest.approx(
         stats.ttest_1samp(diffs, 0.0).pvalue)
     assert ln["paired_sd"] == pytest.approx(diffs.std(ddof=1))  # what the resolvable difference scales with
+    verdict = df[df["stage"] == "verdict"]
+    assert found["chosen"] == dict(zip(verdict["norm"], verdict["optim.lr"].astype(str)))  # the rates they ran at
     found["looks"]["wall_s"], found["fixed"]["wall_s"] = 60.0, 30.0
     assert "resolvable, fixed / looks:" in report({"planted": found})
